@@ -1,0 +1,1 @@
+//! embedded_pg (in progress)

@@ -1,0 +1,1 @@
+//! testrelay (in progress)
