@@ -1,1 +1,360 @@
-//! db (in progress)
+//! Database access: the connection pool, the schema migrations compiled from `sql/`, and the relay registry queries.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use bb8_postgres::PostgresConnectionManager;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::NoTls;
+
+/// A pool of PostgreSQL connections (no TLS).
+pub type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+
+/// How long `connect` waits for the first connection before giving up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Advisory lock key serializing migrations across engines ("bbtrmigr" in ASCII).
+const MIGRATION_LOCK_KEY: i64 = 0x6262_7472_6d69_6772;
+
+/// Rows per `INSERT … SELECT FROM UNNEST` round trip in `insert_relays`.
+const RELAY_CHUNK: usize = 1000;
+
+/// The schema files, in application order.
+static MIGRATIONS: [(i32, &str, &str); 5] = [
+    (
+        1,
+        "extensions_and_utils",
+        include_str!("../sql/001_extensions_and_utils.sql"),
+    ),
+    (2, "tables", include_str!("../sql/002_tables.sql")),
+    (3, "indexes", include_str!("../sql/003_indexes.sql")),
+    (4, "procedures", include_str!("../sql/004_procedures.sql")),
+    (5, "views", include_str!("../sql/005_views.sql")),
+];
+
+/// Opens a pool of `size` connections to `url` (a libpq-style key=value string or a postgres:// URL); fails fast with a message naming the URL (password masked) if the server is unreachable.
+pub async fn connect(url: &str, size: u32) -> anyhow::Result<Pool> {
+    let shown = mask_password(url);
+    if size == 0 {
+        bail!("database pool size must be at least 1 (connecting to {shown})");
+    }
+    let config = tokio_postgres::Config::from_str(url)
+        .with_context(|| format!("invalid database connection string {shown}"))?;
+
+    // Probe once with a deadline so an unreachable server is reported at
+    // start-up with its real cause, not as a pool checkout timeout later.
+    let probe = tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "cannot connect to PostgreSQL at {shown}: no answer within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            )
+        })?
+        .with_context(|| format!("cannot connect to PostgreSQL at {shown}"))?;
+    drop(probe);
+
+    let manager = PostgresConnectionManager::new(config, NoTls);
+    bb8::Pool::builder()
+        .max_size(size)
+        .connection_timeout(CONNECT_TIMEOUT.saturating_mul(3))
+        .build(manager)
+        .await
+        .with_context(|| format!("cannot open a connection pool to PostgreSQL at {shown}"))
+}
+
+/// The migrations compiled into the binary: (version, name, sql) from include_str! of each sql/ file, in order.
+pub fn migrations() -> &'static [(i32, &'static str, &'static str)] {
+    &MIGRATIONS
+}
+
+/// Applies pending migrations in order, each in its own transaction, under a pg_advisory_xact_lock / pg_advisory_lock so two engines starting at once do not race; records each in schema_migrations(version INT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now()); re-running is a no-op. Returns the versions it applied.
+pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<i32>> {
+    let mut conn = pool
+        .get()
+        .await
+        .context("cannot get a database connection to run migrations")?;
+
+    let mut applied = Vec::new();
+    for &(version, name, sql) in migrations() {
+        // One transaction per migration, holding a transaction-scoped
+        // advisory lock: a concurrent engine waits here, then sees the
+        // version recorded and skips it. The lock ends with the transaction,
+        // so nothing stays held on the pooled connection, even on error.
+        let tx = conn
+            .transaction()
+            .await
+            .context("cannot begin a migration transaction")?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
+            .await
+            .context("cannot take the migration lock")?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                 version     INT          PRIMARY KEY,
+                 name        TEXT         NOT NULL,
+                 applied_at  TIMESTAMPTZ  NOT NULL DEFAULT now()
+             )",
+        )
+        .await
+        .context("cannot create schema_migrations")?;
+
+        let recorded = tx
+            .query_opt(
+                "SELECT name FROM schema_migrations WHERE version = $1",
+                &[&version],
+            )
+            .await
+            .context("cannot read schema_migrations")?;
+        if let Some(row) = recorded {
+            let recorded_name: String = row.try_get(0).context("bad schema_migrations row")?;
+            if recorded_name != name {
+                tracing::warn!(
+                    version,
+                    recorded = %recorded_name,
+                    compiled = name,
+                    "migration recorded under another name; not re-applied"
+                );
+            }
+            tx.commit()
+                .await
+                .context("cannot end a migration transaction")?;
+            continue;
+        }
+
+        tracing::info!(version, name, "applying migration");
+        tx.batch_execute(sql)
+            .await
+            .with_context(|| format!("migration {version:03}_{name} failed"))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            &[&version, &name],
+        )
+        .await
+        .with_context(|| format!("cannot record migration {version:03}_{name}"))?;
+        tx.commit()
+            .await
+            .with_context(|| format!("cannot commit migration {version:03}_{name}"))?;
+        applied.push(version);
+    }
+
+    let newest_known = migrations().last().map_or(0, |m| m.0);
+    let newest_recorded: Option<i32> = conn
+        .query_one("SELECT max(version) FROM schema_migrations", &[])
+        .await
+        .context("cannot read schema_migrations")?
+        .try_get(0)
+        .context("bad schema_migrations row")?;
+    if let Some(v) = newest_recorded.filter(|&v| v > newest_known) {
+        tracing::warn!(
+            recorded = v,
+            known = newest_known,
+            "database schema is newer than this binary"
+        );
+    }
+    Ok(applied)
+}
+
+/// Inserts relay URLs (already normalized) with their network, ignoring duplicates, in one round trip per 1000 (use UNNEST arrays). Returns how many were new.
+pub async fn insert_relays(
+    pool: &Pool,
+    relays: &[(String, String)],
+    inserted_at: i64,
+) -> anyhow::Result<u64> {
+    if relays.is_empty() {
+        return Ok(0);
+    }
+    let conn = pool
+        .get()
+        .await
+        .context("cannot get a database connection to insert relays")?;
+
+    let mut new = 0u64;
+    for chunk in relays.chunks(RELAY_CHUNK) {
+        let urls: Vec<&str> = chunk.iter().map(|(u, _)| u.as_str()).collect();
+        let networks: Vec<&str> = chunk.iter().map(|(_, n)| n.as_str()).collect();
+        let params: [(&(dyn ToSql + Sync), Type); 3] = [
+            (&urls, Type::TEXT_ARRAY),
+            (&networks, Type::TEXT_ARRAY),
+            (&inserted_at, Type::INT8),
+        ];
+        new += conn
+            .execute_typed(
+                "INSERT INTO relays (url, network, inserted_at)
+                 SELECT t.url, t.network, $3
+                 FROM UNNEST($1::TEXT[], $2::TEXT[]) AS t (url, network)
+                 ON CONFLICT (url) DO NOTHING",
+                &params,
+            )
+            .await
+            .with_context(|| format!("cannot insert {} relays", chunk.len()))?;
+    }
+    Ok(new)
+}
+
+/// Reads the relays table: (url, network).
+pub async fn list_relays(pool: &Pool) -> anyhow::Result<Vec<(String, String)>> {
+    let conn = pool
+        .get()
+        .await
+        .context("cannot get a database connection to list relays")?;
+    let rows = conn
+        .query("SELECT url, network FROM relays ORDER BY url", &[])
+        .await
+        .context("cannot read the relays table")?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<_, String>(0).context("bad relays.url")?,
+                row.try_get::<_, String>(1).context("bad relays.network")?,
+            ))
+        })
+        .collect()
+}
+
+/// `url` with any password replaced by `***`, for messages and logs.
+fn mask_password(url: &str) -> String {
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
+        mask_url(url)
+    } else {
+        mask_key_value(url)
+    }
+}
+
+/// Masks the userinfo password and any `password=` query parameter of a postgres:// URL.
+fn mask_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
+        return url.to_owned();
+    };
+    let (scheme, rest) = url.split_at(scheme_end);
+    let (before_query, query) = match rest.find('?') {
+        Some(q) => (&rest[..q], Some(&rest[q + 1..])),
+        None => (rest, None),
+    };
+    // The last '@' before the query ends the userinfo, whatever the password
+    // contains; if a database name held an '@' this over-masks, never under.
+    let mut out = String::with_capacity(url.len());
+    out.push_str(scheme);
+    match before_query.rfind('@') {
+        Some(at) => {
+            let userinfo = &before_query[..at];
+            match userinfo.find(':') {
+                Some(colon) => {
+                    out.push_str(&userinfo[..colon]);
+                    out.push_str(":***");
+                }
+                None => out.push_str(userinfo),
+            }
+            out.push_str(&before_query[at..]);
+        }
+        None => out.push_str(before_query),
+    }
+    if let Some(query) = query {
+        out.push('?');
+        let parts: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out.push_str(&parts.join("&"));
+    }
+    out
+}
+
+/// Masks the `password` value of a libpq key=value string (quoted values and escapes understood).
+fn mask_key_value(s: &str) -> String {
+    let chars: Vec<char> = s.chars().collect();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < chars.len() {
+        // Copy whitespace between pairs.
+        if chars[i].is_whitespace() {
+            out.push(chars[i]);
+            i += 1;
+            continue;
+        }
+        // Key: up to '=' or whitespace.
+        let key_start = i;
+        while i < chars.len() && chars[i] != '=' && !chars[i].is_whitespace() {
+            i += 1;
+        }
+        let key: String = chars[key_start..i].iter().collect();
+        out.push_str(&key);
+        // Whitespace and '=' between key and value.
+        while i < chars.len() && (chars[i].is_whitespace() || chars[i] == '=') {
+            out.push(chars[i]);
+            i += 1;
+        }
+        // Value: quoted (with backslash escapes) or up to whitespace.
+        let value_start = i;
+        if i < chars.len() && chars[i] == '\'' {
+            i += 1;
+            while i < chars.len() && chars[i] != '\'' {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i = (i + 1).min(chars.len());
+        } else {
+            while i < chars.len() && !chars[i].is_whitespace() {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i = i.min(chars.len());
+        }
+        if key.eq_ignore_ascii_case("password") {
+            out.push_str("***");
+        } else {
+            out.extend(&chars[value_start..i]);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_are_ordered_and_complete() {
+        let m = migrations();
+        assert!(!m.is_empty());
+        for (i, (version, name, sql)) in m.iter().enumerate() {
+            assert_eq!(*version, i32::try_from(i + 1).unwrap_or(i32::MAX));
+            assert!(!name.is_empty());
+            assert!(!sql.trim().is_empty());
+        }
+    }
+
+    #[test]
+    fn masks_url_passwords() {
+        assert_eq!(
+            mask_password("postgres://bb:s3cr3t@db:5432/archive"),
+            "postgres://bb:***@db:5432/archive"
+        );
+        assert_eq!(
+            mask_password("postgresql://bb:p@ss/w0rd@db/archive?sslmode=disable"),
+            "postgresql://bb:***@db/archive?sslmode=disable"
+        );
+        assert_eq!(
+            mask_password("postgres://bb@db/archive?password=x&application_name=a"),
+            "postgres://bb@db/archive?password=***&application_name=a"
+        );
+        assert_eq!(mask_password("postgres://db/archive"), "postgres://db/archive");
+    }
+
+    #[test]
+    fn masks_key_value_passwords() {
+        assert_eq!(
+            mask_password("host=db user=bb password=s3cr3t dbname=archive"),
+            "host=db user=bb password=*** dbname=archive"
+        );
+        assert_eq!(
+            mask_password("host=db password = 'a b\\' c' dbname=x"),
+            "host=db password = *** dbname=x"
+        );
+        assert_eq!(mask_password("host=db PASSWORD=x\\ y"), "host=db PASSWORD=***");
+        assert_eq!(mask_password("host=/tmp port=5432"), "host=/tmp port=5432");
+        assert_eq!(mask_password("password="), "password=***");
+    }
+}

@@ -1,0 +1,689 @@
+//! connect: one task per relay. Backfills by time windows with `REQ {since, until, limit}`,
+//! walking down from the newest second so that a compliant relay is read once, then
+//! optionally stays subscribed for live events. Emits [`RawEvent`]s on a bounded channel and
+//! records, per window, the cursor state that holds once the window's events are committed.
+//!
+//! The connector parses each frame once (simd-json): it needs `created_at` and `id` of every
+//! event to steer the walk, and the owned event it builds is what verify checks, so nothing
+//! is parsed twice.
+
+pub mod message;
+pub mod transport;
+
+use crate::model::{
+    now_secs, progress::Pending, stats::inc, CursorState, RawEvent, Reason, Relay, Ticket,
+};
+use futures_util::{SinkExt, StreamExt};
+use message::RelayMsg;
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_tungstenite::tungstenite::Message;
+pub use transport::TransportConfig;
+
+/// How one relay is synced (the engine resolves per-network and per-relay overrides).
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// `limit` asked in each REQ.
+    pub limit: usize,
+    /// Oldest `created_at` of interest.
+    pub floor: i64,
+    /// Fixed upper bound; `None` means "now" (and the persisted cursor is used).
+    pub until: Option<i64>,
+    /// Read and advance the persisted cursor (off for an explicit `--until` range).
+    pub use_cursor: bool,
+    /// Only these kinds (None = all).
+    pub kinds: Option<Vec<u16>>,
+    /// Stay subscribed for new events after the backfill.
+    pub live: bool,
+    /// TCP + TLS + WebSocket handshake budget.
+    pub connect_timeout: Duration,
+    /// Longest silence while waiting for a reply before the relay is considered hung.
+    pub idle_timeout: Duration,
+    /// Total budget for one run against this relay (None = unbounded).
+    pub relay_timeout: Option<Duration>,
+    /// Frames larger than this are rejected as oversized (the connection stays up).
+    pub max_event_bytes: usize,
+    /// First reconnect delay; doubles up to `backoff_max`.
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Consecutive failures before giving up on the relay for this run.
+    pub max_failures: u32,
+    /// In live mode, how often the cursor is checkpointed.
+    pub live_checkpoint: Duration,
+    /// In live mode, how far behind "now" a checkpoint stays (late events, clock skew).
+    pub live_lag: i64,
+    /// Keep-alive ping period in live mode.
+    pub ping_interval: Duration,
+    /// Socket limits and proxy.
+    pub transport: TransportConfig,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            limit: 500,
+            floor: 0,
+            until: None,
+            use_cursor: true,
+            kinds: None,
+            live: false,
+            connect_timeout: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(30),
+            relay_timeout: None,
+            max_event_bytes: 512 << 10,
+            backoff_min: Duration::from_millis(500),
+            backoff_max: Duration::from_secs(300),
+            max_failures: 5,
+            live_checkpoint: Duration::from_secs(60),
+            live_lag: 60,
+            ping_interval: Duration::from_secs(30),
+            transport: TransportConfig::default(),
+        }
+    }
+}
+
+/// How a connector run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Backfilled up to the target (and, in live mode, only on stop).
+    Synced,
+    /// Stopped by shutdown.
+    Cancelled,
+    /// Too many failures, a timeout, or a relay we cannot page through.
+    GaveUp(String),
+}
+
+#[derive(Debug)]
+enum Fail {
+    Io(String),
+    Idle,
+    Closed(String),
+    RateLimited(String),
+    AuthRequired(String),
+    Unsyncable(String),
+    Stop,
+}
+
+impl Fail {
+    fn describe(&self) -> String {
+        match self {
+            Fail::Io(m) => format!("io: {m}"),
+            Fail::Idle => "relay went silent (idle timeout)".into(),
+            Fail::Closed(m) => format!("CLOSED: {m}"),
+            Fail::RateLimited(m) => format!("CLOSED: {m}"),
+            Fail::AuthRequired(m) => format!("CLOSED: {m}"),
+            Fail::Unsyncable(m) => m.clone(),
+            Fail::Stop => "stopped".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct WindowResult {
+    emitted: u64,
+    in_range: usize,
+    total: usize,
+    oldest: Option<i64>,
+    oldest_ids: HashSet<[u8; 32]>,
+    epoch: u64,
+}
+
+struct Session {
+    ws: transport::Ws,
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+    buffers: simd_json::Buffers,
+    subs: u64,
+}
+
+enum Action {
+    None,
+    Emit(crate::model::Event),
+    Eose,
+    Closed(String),
+}
+
+/// Syncs one relay into the pipeline.
+pub struct Connector {
+    relay: Relay,
+    cfg: Arc<SyncConfig>,
+    out: flume::Sender<RawEvent>,
+    cursor_tx: flume::Sender<Relay>,
+    stop: watch::Receiver<bool>,
+}
+
+impl Connector {
+    /// A connector for `relay` feeding `out`; `cursor_tx` announces cursor moves that happen
+    /// without a commit (empty windows); `stop` turns true on shutdown.
+    pub fn new(
+        relay: Relay,
+        cfg: Arc<SyncConfig>,
+        out: flume::Sender<RawEvent>,
+        cursor_tx: flume::Sender<Relay>,
+        stop: watch::Receiver<bool>,
+    ) -> Connector {
+        Connector {
+            relay,
+            cfg,
+            out,
+            cursor_tx,
+            stop,
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    async fn sleep_or_stop(&mut self, d: Duration) -> bool {
+        if self.stopped() {
+            return true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(d) => false,
+            _ = self.stop.changed() => true,
+        }
+    }
+
+    fn backoff(&self, failures: u32) -> Duration {
+        let exp = self
+            .cfg
+            .backoff_min
+            .saturating_mul(1u32 << failures.min(16).saturating_sub(1));
+        let d = exp.min(self.cfg.backoff_max);
+        // Up to 25 % jitter so relays that failed together do not retry together.
+        d + d.mul_f64(rand::random::<f64>() * 0.25)
+    }
+
+    fn close_window(&self, epoch: u64, emitted: u64, after: Option<CursorState>) {
+        let after = if self.cfg.use_cursor { after } else { None };
+        if self.relay.progress.close(epoch, emitted, after) {
+            let _ = self.cursor_tx.send(self.relay.clone());
+        }
+    }
+
+    fn lo(&self, pos: &CursorState) -> i64 {
+        match pos.synced_until {
+            Some(s) => self.cfg.floor.max(s.saturating_add(1)),
+            None => self.cfg.floor,
+        }
+    }
+
+    /// Runs until synced, stopped, or given up.
+    pub async fn run(mut self) -> Outcome {
+        let started = Instant::now();
+        let mut pos = if self.cfg.use_cursor {
+            self.relay.progress.committed()
+        } else {
+            CursorState::default()
+        };
+        let mut failures = 0u32;
+        let mut limit = self.cfg.limit.max(1);
+        loop {
+            if self.stopped() {
+                return Outcome::Cancelled;
+            }
+            if let Some(t) = self.cfg.relay_timeout {
+                if started.elapsed() > t {
+                    return Outcome::GaveUp(format!("relay timeout {t:?}"));
+                }
+            }
+            let ws = match transport::connect(
+                &self.relay.url,
+                &self.cfg.transport,
+                self.cfg.connect_timeout,
+            )
+            .await
+            {
+                Ok(ws) => ws,
+                Err(e) => {
+                    failures += 1;
+                    inc(&self.relay.stats.failures);
+                    tracing::debug!(relay = %self.relay.url, error = %e, failures, "connect failed");
+                    if failures >= self.cfg.max_failures {
+                        return Outcome::GaveUp(e);
+                    }
+                    if self.sleep_or_stop(self.backoff(failures)).await {
+                        return Outcome::Cancelled;
+                    }
+                    continue;
+                }
+            };
+            inc(&self.relay.stats.connects);
+            let mut sess = Session {
+                ws,
+                buf: Vec::with_capacity(8192),
+                scratch: Vec::with_capacity(4096),
+                buffers: simd_json::Buffers::default(),
+                subs: 0,
+            };
+            let res = self
+                .session(&mut sess, &mut pos, &mut limit, &mut failures)
+                .await;
+            match res {
+                Ok(()) => {
+                    let _ = sess.ws.close(None).await;
+                    return Outcome::Synced;
+                }
+                Err(Fail::Stop) => {
+                    let _ = sess.ws.close(None).await;
+                    return Outcome::Cancelled;
+                }
+                Err(Fail::AuthRequired(m)) => return Outcome::GaveUp(format!("auth-required: {m}")),
+                Err(Fail::Unsyncable(m)) => return Outcome::GaveUp(m),
+                Err(e) => {
+                    failures += 1;
+                    inc(&self.relay.stats.failures);
+                    tracing::debug!(relay = %self.relay.url, error = %e.describe(), failures, "session failed");
+                    if failures >= self.cfg.max_failures {
+                        return Outcome::GaveUp(e.describe());
+                    }
+                    let mut wait = self.backoff(failures);
+                    if matches!(e, Fail::RateLimited(_)) {
+                        wait = wait.max(Duration::from_secs(1));
+                    }
+                    if self.sleep_or_stop(wait).await {
+                        return Outcome::Cancelled;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn session(
+        &mut self,
+        sess: &mut Session,
+        pos: &mut CursorState,
+        limit: &mut usize,
+        failures: &mut u32,
+    ) -> Result<(), Fail> {
+        loop {
+            let (lo, u, end) = match pos.pending {
+                Some(p) => (self.lo(pos), p.until, p.end),
+                None => {
+                    let end = self.cfg.until.unwrap_or_else(now_secs);
+                    let lo = self.lo(pos);
+                    if lo > end {
+                        if self.cfg.live {
+                            return self.live(sess, pos).await;
+                        }
+                        return Ok(());
+                    }
+                    (lo, end, end)
+                }
+            };
+            if lo > u {
+                // A walk that already reached the bottom: it is complete.
+                *pos = CursorState {
+                    synced_until: Some(end),
+                    pending: None,
+                };
+                continue;
+            }
+            self.walk(sess, pos, lo, u, end, limit, failures).await?;
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn walk(
+        &mut self,
+        sess: &mut Session,
+        pos: &mut CursorState,
+        lo: i64,
+        mut u: i64,
+        end: i64,
+        limit: &mut usize,
+        failures: &mut u32,
+    ) -> Result<(), Fail> {
+        let mut boundary: HashSet<[u8; 32]> = HashSet::new();
+        let mut confirming: Option<usize> = None;
+        loop {
+            let w = self.window(sess, lo, u, *limit, &boundary).await?;
+            *failures = 0;
+            if let Some(n) = confirming.take() {
+                if w.emitted > 0 && n > 0 && n < *limit {
+                    tracing::info!(relay = %self.relay.url, asked = *limit, cap = n, "relay caps results below the asked limit; adapting");
+                    *limit = n;
+                }
+            }
+            if w.in_range == 0 && w.total >= *limit {
+                self.close_window(w.epoch, w.emitted, None);
+                return Err(Fail::Unsyncable(
+                    "relay answers outside the requested since/until".into(),
+                ));
+            }
+            let done = CursorState {
+                synced_until: Some(end),
+                pending: None,
+            };
+            if w.in_range >= *limit {
+                let oldest = w.oldest.unwrap_or(u);
+                let next_u = if w.emitted == 0 && oldest == u {
+                    tracing::warn!(relay = %self.relay.url, second = u, limit = *limit, "more events in one second than the relay returns per request; skipping the rest of that second");
+                    boundary.clear();
+                    u - 1
+                } else {
+                    if oldest == u {
+                        boundary.extend(w.oldest_ids);
+                    } else {
+                        boundary = w.oldest_ids;
+                    }
+                    oldest
+                };
+                if next_u < lo {
+                    *pos = done;
+                    self.close_window(w.epoch, w.emitted, Some(*pos));
+                    return Ok(());
+                }
+                *pos = CursorState {
+                    synced_until: pos.synced_until,
+                    pending: Some(Pending {
+                        end,
+                        until: next_u,
+                    }),
+                };
+                self.close_window(w.epoch, w.emitted, Some(*pos));
+                u = next_u;
+                continue;
+            }
+            if w.emitted == 0 {
+                *pos = done;
+                self.close_window(w.epoch, w.emitted, Some(*pos));
+                return Ok(());
+            }
+            // A short reply with new events: either the window is exhausted or the relay
+            // capped it below our limit. Ask once more below the oldest event to tell.
+            let oldest = w.oldest.unwrap_or(u);
+            if oldest == u {
+                boundary.extend(w.oldest_ids);
+            } else {
+                boundary = w.oldest_ids;
+            }
+            confirming = Some(w.in_range);
+            *pos = CursorState {
+                synced_until: pos.synced_until,
+                pending: Some(Pending { end, until: oldest }),
+            };
+            self.close_window(w.epoch, w.emitted, Some(*pos));
+            u = oldest;
+        }
+    }
+
+    fn req_json(&self, sub: &str, since: i64, until: Option<i64>, limit: Option<usize>) -> String {
+        let mut f = format!("{{\"since\":{since}");
+        if let Some(u) = until {
+            f.push_str(&format!(",\"until\":{u}"));
+        }
+        if let Some(l) = limit {
+            f.push_str(&format!(",\"limit\":{l}"));
+        }
+        if let Some(k) = &self.cfg.kinds {
+            let ks: Vec<String> = k.iter().map(|k| k.to_string()).collect();
+            f.push_str(&format!(",\"kinds\":[{}]", ks.join(",")));
+        }
+        f.push('}');
+        format!("[\"REQ\",\"{sub}\",{f}]")
+    }
+
+    async fn send(&self, sess: &mut Session, text: String) -> Result<(), Fail> {
+        sess.ws
+            .send(Message::Text(text.into()))
+            .await
+            .map_err(|e| Fail::Io(e.to_string()))
+    }
+
+    /// Reads one frame and turns it into an action; range checks use [lo, u] (None = live).
+    fn handle_frame(
+        &self,
+        sess: &mut Session,
+        data: &[u8],
+        sub: &str,
+        range: Option<(i64, i64)>,
+        boundary: &HashSet<[u8; 32]>,
+        w: &mut WindowResult,
+    ) -> Action {
+        let stats = &self.relay.stats;
+        inc(&stats.frames);
+        if data.len() > self.cfg.max_event_bytes {
+            stats.reject(Reason::Oversized);
+            w.total += 1;
+            w.in_range += 1;
+            return Action::None;
+        }
+        sess.buf.clear();
+        sess.buf.extend_from_slice(data);
+        let Ok(v) = simd_json::to_borrowed_value_with_buffers(&mut sess.buf, &mut sess.buffers)
+        else {
+            stats.reject(Reason::Malformed);
+            return Action::None;
+        };
+        let Some(msg) = message::parse(&v) else {
+            stats.reject(Reason::Malformed);
+            return Action::None;
+        };
+        match msg {
+            RelayMsg::Event(s, ev) => {
+                inc(&stats.events_received);
+                if s != sub {
+                    stats.reject(Reason::Unrequested);
+                    return Action::None;
+                }
+                w.total += 1;
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e) => {
+                        stats.reject(e.into());
+                        tracing::debug!(relay = %self.relay.url, reason = Reason::from(e).as_str(), "rejected frame");
+                        return Action::None;
+                    }
+                };
+                if let Some((lo, u)) = range {
+                    if ev.created_at < lo || ev.created_at > u {
+                        stats.reject(Reason::OutOfRange);
+                        return Action::None;
+                    }
+                    w.in_range += 1;
+                    match w.oldest {
+                        Some(o) if ev.created_at > o => {}
+                        Some(o) if ev.created_at == o => {
+                            w.oldest_ids.insert(ev.id);
+                        }
+                        _ => {
+                            w.oldest = Some(ev.created_at);
+                            w.oldest_ids.clear();
+                            w.oldest_ids.insert(ev.id);
+                        }
+                    }
+                    if ev.created_at == u && boundary.contains(&ev.id) {
+                        inc(&stats.refetched);
+                        return Action::None;
+                    }
+                }
+                Action::Emit(ev.to_owned_event(&mut sess.scratch))
+            }
+            RelayMsg::Eose(s) if s == sub => Action::Eose,
+            RelayMsg::Closed(s, m) if s == sub => {
+                inc(&stats.closed);
+                Action::Closed(m.to_string())
+            }
+            RelayMsg::Notice(m) => {
+                inc(&stats.notices);
+                tracing::debug!(relay = %self.relay.url, notice = m, "NOTICE");
+                Action::None
+            }
+            _ => Action::None,
+        }
+    }
+
+    async fn emit(&self, ev: crate::model::Event, epoch: u64) -> Result<(), Fail> {
+        let raw = RawEvent {
+            event: ev,
+            ticket: Ticket {
+                relay: self.relay.clone(),
+                epoch,
+            },
+            seen_at: now_secs(),
+        };
+        self.out.send_async(raw).await.map_err(|_| Fail::Stop)?;
+        self.relay.stats.events_emitted.fetch_add(1, Relaxed);
+        Ok(())
+    }
+
+    fn closed_fail(m: String) -> Fail {
+        if m.starts_with("auth-required") {
+            Fail::AuthRequired(m)
+        } else if m.starts_with("rate-limited") {
+            Fail::RateLimited(m)
+        } else {
+            Fail::Closed(m)
+        }
+    }
+
+    async fn window(
+        &mut self,
+        sess: &mut Session,
+        lo: i64,
+        u: i64,
+        limit: usize,
+        boundary: &HashSet<[u8; 32]>,
+    ) -> Result<WindowResult, Fail> {
+        let mut w = WindowResult {
+            epoch: self.relay.progress.open(),
+            ..WindowResult::default()
+        };
+        sess.subs += 1;
+        let sub = format!("bb{}", sess.subs);
+        let req = self.req_json(&sub, lo, Some(u), Some(limit));
+        inc(&self.relay.stats.reqs);
+        if let Err(e) = self.send(sess, req).await {
+            self.close_window(w.epoch, 0, None);
+            return Err(e);
+        }
+        let res = self.read_until_eose(sess, &sub, lo, u, boundary, &mut w).await;
+        if let Err(e) = res {
+            self.close_window(w.epoch, w.emitted, None);
+            return Err(e);
+        }
+        let _ = self.send(sess, format!("[\"CLOSE\",\"{sub}\"]")).await;
+        Ok(w)
+    }
+
+    async fn read_until_eose(
+        &mut self,
+        sess: &mut Session,
+        sub: &str,
+        lo: i64,
+        u: i64,
+        boundary: &HashSet<[u8; 32]>,
+        w: &mut WindowResult,
+    ) -> Result<(), Fail> {
+        loop {
+            let next = tokio::select! {
+                _ = self.stop.changed() => return Err(Fail::Stop),
+                r = tokio::time::timeout(self.cfg.idle_timeout, sess.ws.next()) => r,
+            };
+            let msg = match next {
+                Err(_) => return Err(Fail::Idle),
+                Ok(None) => return Err(Fail::Io("connection closed".into())),
+                Ok(Some(Err(e))) => {
+                    if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
+                        self.relay.stats.reject(Reason::Oversized);
+                    }
+                    return Err(Fail::Io(e.to_string()));
+                }
+                Ok(Some(Ok(m))) => m,
+            };
+            let action = match &msg {
+                Message::Text(t) => {
+                    self.handle_frame(sess, t.as_bytes(), sub, Some((lo, u)), boundary, w)
+                }
+                Message::Binary(b) => self.handle_frame(sess, b, sub, Some((lo, u)), boundary, w),
+                Message::Close(_) => return Err(Fail::Io("relay closed the connection".into())),
+                _ => Action::None,
+            };
+            match action {
+                Action::None => {}
+                Action::Emit(ev) => {
+                    self.emit(ev, w.epoch).await?;
+                    w.emitted += 1;
+                }
+                Action::Eose => return Ok(()),
+                Action::Closed(m) => return Err(Self::closed_fail(m)),
+            }
+        }
+    }
+
+    async fn live(&mut self, sess: &mut Session, pos: &mut CursorState) -> Result<(), Fail> {
+        let since = self.lo(pos);
+        sess.subs += 1;
+        let sub = format!("bb{}", sess.subs);
+        let req = self.req_json(&sub, since, None, None);
+        inc(&self.relay.stats.reqs);
+        self.send(sess, req).await?;
+        let mut epoch = self.relay.progress.open();
+        let mut emitted = 0u64;
+        let mut got_eose = false;
+        let mut checkpoint = tokio::time::interval(self.cfg.live_checkpoint);
+        checkpoint.tick().await;
+        let mut ping = tokio::time::interval(self.cfg.ping_interval);
+        ping.tick().await;
+        let mut last_frame = Instant::now();
+        let empty = HashSet::new();
+        let silence = self.cfg.ping_interval * 3;
+        let result = loop {
+            let next = tokio::select! {
+                _ = self.stop.changed() => break Err(Fail::Stop),
+                _ = checkpoint.tick() => {
+                    let t = now_secs() - self.cfg.live_lag;
+                    if got_eose && pos.synced_until.is_none_or(|s| t > s) && t >= since - 1 {
+                        *pos = CursorState { synced_until: Some(t), pending: None };
+                        self.close_window(epoch, emitted, Some(*pos));
+                        epoch = self.relay.progress.open();
+                        emitted = 0;
+                    }
+                    continue;
+                }
+                _ = ping.tick() => {
+                    if last_frame.elapsed() > silence {
+                        break Err(Fail::Idle);
+                    }
+                    if let Err(e) = sess.ws.send(Message::Ping(Vec::new().into())).await {
+                        break Err(Fail::Io(e.to_string()));
+                    }
+                    continue;
+                }
+                m = sess.ws.next() => m,
+            };
+            last_frame = Instant::now();
+            let msg = match next {
+                None => break Err(Fail::Io("connection closed".into())),
+                Some(Err(e)) => break Err(Fail::Io(e.to_string())),
+                Some(Ok(m)) => m,
+            };
+            let mut w = WindowResult::default();
+            let action = match &msg {
+                Message::Text(t) => self.handle_frame(sess, t.as_bytes(), &sub, None, &empty, &mut w),
+                Message::Binary(b) => self.handle_frame(sess, b, &sub, None, &empty, &mut w),
+                Message::Close(_) => break Err(Fail::Io("relay closed the connection".into())),
+                _ => Action::None,
+            };
+            match action {
+                Action::None => {}
+                Action::Emit(ev) => {
+                    if let Err(e) = self.emit(ev, epoch).await {
+                        break Err(e);
+                    }
+                    emitted += 1;
+                }
+                Action::Eose => got_eose = true,
+                Action::Closed(m) => break Err(Self::closed_fail(m)),
+            }
+        };
+        self.close_window(epoch, emitted, None);
+        result
+    }
+}

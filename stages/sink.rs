@@ -1,0 +1,327 @@
+//! sink: binary COPY of a batch into staging tables, then `INSERT … ON CONFLICT DO NOTHING`
+//! into `events` and `events_relays`, in one transaction; after commit, acknowledge the
+//! sightings so relay cursors can advance, and persist the cursors that moved.
+//!
+//! A batch that fails is retried (with backoff, on a fresh connection) until it commits:
+//! accepted data is never dropped, and the bounded channels upstream hold the pipeline back
+//! while the database is away.
+
+use crate::model::{now_secs, Batch, Event, Relay};
+use bytes::{BufMut, BytesMut};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+use tokio_postgres::types::{to_sql_checked, IsNull, ToSql, Type};
+
+/// The connection pool the sink writes through.
+pub type Pool = bb8::Pool<bb8_postgres::PostgresConnectionManager<tokio_postgres::NoTls>>;
+
+/// Service name under which relay cursors are stored in `service_state`.
+pub const CURSOR_SERVICE: &str = "synchronizer";
+
+/// Sink counters.
+#[derive(Debug, Default)]
+pub struct SinkStats {
+    /// Batches committed.
+    pub batches: AtomicU64,
+    /// New rows in `events`.
+    pub events_inserted: AtomicU64,
+    /// New rows in `events_relays`.
+    pub sightings_inserted: AtomicU64,
+    /// Rows offered (bodies + sightings), committed or absorbed as duplicates.
+    pub rows: AtomicU64,
+    /// Nanoseconds spent in COPY + INSERT + commit.
+    pub write_ns: AtomicU64,
+    /// Failed attempts (retried).
+    pub retries: AtomicU64,
+    /// Cursor rows written.
+    pub cursor_writes: AtomicU64,
+}
+
+/// JSON text sent as `jsonb` in binary format (version byte 1 + text) without building a
+/// `serde_json::Value`: the tags are already canonical JSON.
+#[derive(Debug)]
+struct Jsonb<'a>(&'a str);
+
+impl ToSql for Jsonb<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        if *ty == Type::JSONB {
+            out.put_u8(1);
+        }
+        out.put_slice(self.0.as_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        *ty == Type::JSONB || *ty == Type::JSON
+    }
+
+    to_sql_checked!();
+}
+
+/// Replaces U+0000 in every string of a JSON document (text/jsonb cannot hold it).
+fn strip_nul_json(json: &str) -> String {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => {
+                if s.contains('\0') {
+                    *s = s.replace('\0', "\u{FFFD}");
+                }
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
+            serde_json::Value::Object(o) => o.values_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(mut v) => {
+            walk(&mut v);
+            v.to_string()
+        }
+        Err(_) => "[]".to_string(),
+    }
+}
+
+const CREATE_STAGING: &str = "\
+CREATE TEMP TABLE bb_stage_events (id bytea, pubkey bytea, created_at int8, kind int4, tags jsonb, content text, sig bytea, raw_canonical text) ON COMMIT DROP;
+CREATE TEMP TABLE bb_stage_sightings (event_id bytea, relay_url text, seen_at int8) ON COMMIT DROP;";
+
+const EVENT_TYPES: [Type; 8] = [
+    Type::BYTEA,
+    Type::BYTEA,
+    Type::INT8,
+    Type::INT4,
+    Type::JSONB,
+    Type::TEXT,
+    Type::BYTEA,
+    Type::TEXT,
+];
+const SIGHTING_TYPES: [Type; 3] = [Type::BYTEA, Type::TEXT, Type::INT8];
+
+async fn copy_event(
+    w: std::pin::Pin<&mut BinaryCopyInWriter>,
+    ev: &Event,
+    scratch: &mut Vec<u8>,
+) -> Result<(), tokio_postgres::Error> {
+    let kind = i32::from(ev.kind);
+    if ev.has_nul() {
+        // Stored losslessly: the exact canonical serialization (NUL escaped as \u0000, so it
+        // is valid text) next to a queryable copy with U+0000 replaced.
+        ev.canonical_into(scratch);
+        let canonical = String::from_utf8_lossy(scratch).into_owned();
+        let content = ev.content.replace('\0', "\u{FFFD}");
+        let tags = strip_nul_json(&ev.tags_json);
+        w.write(&[
+            &&ev.id[..],
+            &&ev.pubkey[..],
+            &ev.created_at,
+            &kind,
+            &Jsonb(&tags),
+            &content,
+            &&ev.sig[..],
+            &Some(canonical),
+        ])
+        .await
+    } else {
+        w.write(&[
+            &&ev.id[..],
+            &&ev.pubkey[..],
+            &ev.created_at,
+            &kind,
+            &Jsonb(&ev.tags_json),
+            &&*ev.content,
+            &&ev.sig[..],
+            &None::<&str>,
+        ])
+        .await
+    }
+}
+
+/// Writes one batch in one transaction; returns (new events, new sightings).
+pub async fn write_batch(
+    client: &mut tokio_postgres::Client,
+    batch: &Batch,
+) -> Result<(u64, u64), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(CREATE_STAGING).await?;
+    let mut scratch = Vec::new();
+    if !batch.events.is_empty() {
+        let sink = tx
+            .copy_in("COPY bb_stage_events FROM STDIN (FORMAT binary)")
+            .await?;
+        let w = BinaryCopyInWriter::new(sink, &EVENT_TYPES);
+        tokio::pin!(w);
+        for ev in &batch.events {
+            copy_event(w.as_mut(), ev, &mut scratch).await?;
+        }
+        w.finish().await?;
+    }
+    let sink = tx
+        .copy_in("COPY bb_stage_sightings FROM STDIN (FORMAT binary)")
+        .await?;
+    let w = BinaryCopyInWriter::new(sink, &SIGHTING_TYPES);
+    tokio::pin!(w);
+    for s in &batch.sightings {
+        w.as_mut()
+            .write(&[&&s.id[..], &s.ticket.relay.url.as_str(), &s.seen_at])
+            .await?;
+    }
+    w.finish().await?;
+    let events = if batch.events.is_empty() {
+        0
+    } else {
+        tx.execute(
+            "INSERT INTO events (id, pubkey, created_at, kind, tags, content, sig, raw_canonical) \
+             SELECT id, pubkey, created_at, kind, tags, content, sig, raw_canonical FROM bb_stage_events \
+             ON CONFLICT (id) DO NOTHING",
+            &[],
+        )
+        .await?
+    };
+    let sightings = tx
+        .execute(
+            "INSERT INTO events_relays (event_id, relay_url, seen_at) \
+             SELECT event_id, relay_url, seen_at FROM bb_stage_sightings \
+             ON CONFLICT (event_id, relay_url) DO NOTHING",
+            &[],
+        )
+        .await?;
+    tx.commit().await?;
+    Ok((events, sightings))
+}
+
+/// Persists a relay's committed cursor state.
+pub async fn write_cursor(
+    client: &tokio_postgres::Client,
+    relay: &Relay,
+    state: &crate::model::CursorState,
+) -> Result<(), tokio_postgres::Error> {
+    let payload = serde_json::to_value(state).unwrap_or(serde_json::Value::Null);
+    client
+        .execute(
+            "INSERT INTO service_state (service_name, state_key, payload, updated_at) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (service_name, state_key) \
+             DO UPDATE SET payload = EXCLUDED.payload, updated_at = EXCLUDED.updated_at",
+            &[&CURSOR_SERVICE, &relay.url.as_str(), &payload, &now_secs()],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Acknowledges every sighting of a committed batch; returns the relays it touched.
+fn acknowledge(batch: &Batch) -> Vec<Relay> {
+    let mut touched: HashMap<*const crate::model::RelayCtx, Relay> = HashMap::new();
+    let mut run: Option<(&Relay, u64, u64)> = None;
+    for s in &batch.sightings {
+        match &mut run {
+            Some((r, e, n)) if Arc::ptr_eq(r, &s.ticket.relay) && *e == s.ticket.epoch => *n += 1,
+            _ => {
+                if let Some((r, e, n)) = run.take() {
+                    r.progress.complete(e, n);
+                    r.stats.committed.fetch_add(n, Relaxed);
+                }
+                touched
+                    .entry(Arc::as_ptr(&s.ticket.relay))
+                    .or_insert_with(|| s.ticket.relay.clone());
+                run = Some((&s.ticket.relay, s.ticket.epoch, 1));
+            }
+        }
+    }
+    if let Some((r, e, n)) = run {
+        r.progress.complete(e, n);
+        r.stats.committed.fetch_add(n, Relaxed);
+    }
+    touched.into_values().collect()
+}
+
+type Conn<'a> = bb8::PooledConnection<'a, bb8_postgres::PostgresConnectionManager<tokio_postgres::NoTls>>;
+
+async fn flush_cursors(pool: &Pool, relays: &[Relay], stats: &SinkStats) {
+    for relay in relays {
+        let Some(state) = relay.progress.take_dirty() else {
+            continue;
+        };
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let res = match pool.get().await {
+                Ok(c) => write_cursor(&c, relay, &state).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match res {
+                Ok(()) => {
+                    stats.cursor_writes.fetch_add(1, Relaxed);
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(relay = %relay.url, error = %e, "cursor write failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Runs until the batch channel closes: writes batches, acknowledges them, persists cursors
+/// (also those moved by rejections upstream, announced on `cursors`).
+pub async fn run(
+    pool: Pool,
+    input: flume::Receiver<Batch>,
+    cursors: flume::Receiver<Relay>,
+    stats: Arc<SinkStats>,
+) {
+    let mut input_open = true;
+    while input_open {
+        tokio::select! {
+            b = input.recv_async() => match b {
+                Ok(batch) => {
+                    commit_with_retry(&pool, &batch, &stats).await;
+                    let touched = acknowledge(&batch);
+                    flush_cursors(&pool, &touched, &stats).await;
+                }
+                Err(_) => input_open = false,
+            },
+            Ok(relay) = cursors.recv_async() => {
+                flush_cursors(&pool, &[relay], &stats).await;
+            }
+        }
+    }
+    let rest: Vec<Relay> = cursors.drain().collect();
+    flush_cursors(&pool, &rest, &stats).await;
+}
+
+async fn commit_with_retry(pool: &Pool, batch: &Batch, stats: &SinkStats) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let t = Instant::now();
+        let res = match pool.get().await {
+            Ok(mut c) => {
+                let c: &mut Conn<'_> = &mut c;
+                write_batch(c, batch).await.map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match res {
+            Ok((events, sightings)) => {
+                stats.write_ns.fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+                stats.batches.fetch_add(1, Relaxed);
+                stats.events_inserted.fetch_add(events, Relaxed);
+                stats.sightings_inserted.fetch_add(sightings, Relaxed);
+                stats.rows.fetch_add(batch.rows() as u64, Relaxed);
+                return;
+            }
+            Err(e) => {
+                stats.retries.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, rows = batch.rows(), "batch write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}
