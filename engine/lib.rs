@@ -1,6 +1,84 @@
-//! bigbrotr engine: CLI, configuration, pipeline wiring, registry, database and embedded PostgreSQL.
+//! bigbrotr engine: CLI support, configuration, pipeline wiring and supervision, database
+//! pool and migrations, the embedded PostgreSQL, and the test/bench relay.
 
+pub mod config;
 pub mod db;
 pub mod embedded_pg;
 pub mod gen;
+pub mod pipeline;
+pub mod sync;
 pub mod testrelay;
+
+pub use bigbrotr_stages as stages;
+
+use bigbrotr_stages::model::{Network, RelayUrl};
+use std::path::Path;
+
+/// Opens the archive: the configured database, or the embedded cluster when none is
+/// configured; applies pending migrations.
+pub async fn open_database(cfg: &config::Config) -> anyhow::Result<db::Pool> {
+    let url = if cfg.database.url.is_empty() {
+        let pg = embedded_pg::EmbeddedPg::start(
+            &cfg.embedded.data_dir,
+            cfg.embedded.port,
+            &cfg.embedded.db_name,
+            false,
+        )
+        .await?;
+        let url = pg.url(&cfg.embedded.db_name);
+        tracing::info!(
+            "embedded PostgreSQL running (data in {}); connect with: psql '{url}'",
+            cfg.embedded.data_dir.display()
+        );
+        url
+    } else {
+        cfg.database.url.clone()
+    };
+    let pool = db::connect(&url, cfg.database.pool_size).await?;
+    let applied = db::migrate(&pool).await?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "applied schema migrations");
+    }
+    Ok(pool)
+}
+
+/// Reads a relay list file: one URL per line, `#` comments; returns the normalized relays and
+/// the number of lines refused.
+pub fn read_relay_list(path: &Path, allow_local: bool) -> anyhow::Result<(Vec<RelayUrl>, usize)> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("cannot read relay list {}: {e}", path.display()))?;
+    let mut out = Vec::new();
+    let mut refused = 0;
+    let mut seen = std::collections::HashSet::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        match RelayUrl::parse(line, allow_local) {
+            Ok(u) => {
+                if seen.insert(u.clone()) {
+                    out.push(u);
+                }
+            }
+            Err(e) => {
+                refused += 1;
+                tracing::debug!(url = line, error = %e, "refused relay URL");
+            }
+        }
+    }
+    Ok((out, refused))
+}
+
+/// Adds relays to the registry; returns how many were new.
+pub async fn register_relays(pool: &db::Pool, relays: &[RelayUrl]) -> anyhow::Result<u64> {
+    let rows: Vec<(String, String)> = relays
+        .iter()
+        .map(|u| (u.to_string(), network_name(u.network()).to_string()))
+        .collect();
+    db::insert_relays(pool, &rows, stages::model::now_secs()).await
+}
+
+fn network_name(n: Network) -> &'static str {
+    n.as_str()
+}

@@ -1,0 +1,494 @@
+//! Configuration: `config/bigbrotr.toml` (every key documented there), environment overrides,
+//! validation. Errors name the file and the key.
+
+use anyhow::{bail, Context};
+use bigbrotr_stages::batch::BatchConfig;
+use bigbrotr_stages::connect::{SyncConfig, TransportConfig};
+use bigbrotr_stages::model::{Network, RelayUrl};
+use bigbrotr_stages::verify::VerifyConfig;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the archive lives.
+    pub database: Database,
+    /// The self-managed PostgreSQL used when `database.url` is empty.
+    pub embedded: Embedded,
+    /// Channel bounds and verify pool.
+    pub pipeline: Pipeline,
+    /// Batching before the COPY sink.
+    pub batch: Batch,
+    /// How relays are synced.
+    pub sync: Sync,
+    /// Socket limits and proxy.
+    pub net: Net,
+    /// Seed relay list.
+    pub seeds: Seeds,
+    /// The file this was read from (for error messages).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+/// `[database]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Database {
+    /// libpq connection string or postgres:// URL; empty = embedded cluster.
+    pub url: String,
+    /// Connections in the writer pool.
+    pub pool_size: u32,
+}
+
+impl Default for Database {
+    fn default() -> Self {
+        Database {
+            url: String::new(),
+            pool_size: 8,
+        }
+    }
+}
+
+/// `[embedded]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Embedded {
+    /// Directory holding the cluster (created on first start).
+    pub data_dir: PathBuf,
+    /// TCP port on 127.0.0.1 (0 = pick a free one once and remember it).
+    pub port: u16,
+    /// Database name.
+    pub db_name: String,
+}
+
+impl Default for Embedded {
+    fn default() -> Self {
+        Embedded {
+            data_dir: PathBuf::from("data/postgres"),
+            port: 0,
+            db_name: "bigbrotr".into(),
+        }
+    }
+}
+
+/// `[pipeline]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pipeline {
+    /// connect → verify channel bound (events).
+    pub raw_channel: usize,
+    /// verify → dedupe channel bound (events).
+    pub verified_channel: usize,
+    /// dedupe → batch channel bound (items).
+    pub item_channel: usize,
+    /// batch → sink channel bound (batches).
+    pub batch_channel: usize,
+    /// Verify threads (0 = one per core).
+    pub verify_threads: usize,
+    /// Pin verify threads to cores.
+    pub pin_cores: bool,
+    /// Verified (id, sig) pairs remembered to skip re-verification.
+    pub seen_capacity: usize,
+    /// Ids remembered by dedupe.
+    pub dedupe_capacity: usize,
+    /// Author keys cached per verify thread.
+    pub pubkey_cache: usize,
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Pipeline {
+            raw_channel: 4096,
+            verified_channel: 4096,
+            item_channel: 4096,
+            batch_channel: 2,
+            verify_threads: 0,
+            pin_cores: true,
+            seen_capacity: 2_000_000,
+            dedupe_capacity: 2_000_000,
+            pubkey_cache: 65_536,
+        }
+    }
+}
+
+/// `[batch]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Batch {
+    /// Rows (bodies + sightings) per COPY batch.
+    pub max_rows: usize,
+    /// Longest a row waits for its batch, in milliseconds.
+    pub max_age_ms: u64,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            max_rows: 10_000,
+            max_age_ms: 500,
+        }
+    }
+}
+
+/// Timeouts for one network, in seconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// TCP + TLS + WebSocket handshake.
+    pub connect: f64,
+    /// Longest silence while waiting for a reply.
+    pub idle: f64,
+    /// Total budget per relay for one `sync --once` pass (0 = unbounded).
+    pub relay: f64,
+}
+
+/// `[sync.timeouts]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NetworkTimeouts {
+    /// Clearnet (and local) relays.
+    pub clearnet: Timeouts,
+    /// Tor, I2P and Lokinet relays (through the proxy).
+    pub tor: Timeouts,
+}
+
+impl Default for NetworkTimeouts {
+    fn default() -> Self {
+        NetworkTimeouts {
+            clearnet: Timeouts {
+                connect: 15.0,
+                idle: 30.0,
+                relay: 1800.0,
+            },
+            tor: Timeouts {
+                connect: 60.0,
+                idle: 60.0,
+                relay: 3600.0,
+            },
+        }
+    }
+}
+
+/// `[[sync.overrides]]`: settings for one relay.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Override {
+    /// The relay (normalized before matching).
+    pub url: String,
+    /// REQ limit for this relay.
+    pub limit: Option<usize>,
+    /// Handshake timeout, seconds.
+    pub connect: Option<f64>,
+    /// Idle timeout, seconds.
+    pub idle: Option<f64>,
+    /// Per-relay budget, seconds.
+    pub relay: Option<f64>,
+}
+
+/// `[sync]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sync {
+    /// `limit` per REQ.
+    pub limit: usize,
+    /// Oldest created_at to archive (unix seconds).
+    pub since: i64,
+    /// Only these kinds (empty = all).
+    pub kinds: Vec<u16>,
+    /// Relays synced at once.
+    pub max_parallel: usize,
+    /// Consecutive failures before a relay is given up for this pass.
+    pub max_failures: u32,
+    /// Frames larger than this are rejected (bytes).
+    pub max_event_bytes: usize,
+    /// In long-running mode, stay subscribed after backfill.
+    pub live: bool,
+    /// In long-running mode, seconds before a relay that failed or finished is synced again.
+    pub interval: f64,
+    /// In live mode, seconds between cursor checkpoints.
+    pub live_checkpoint: f64,
+    /// Accept loopback/private relay addresses (tests, benches, private deployments).
+    pub allow_local: bool,
+    /// Per-network timeouts.
+    pub timeouts: NetworkTimeouts,
+    /// Per-relay overrides.
+    pub overrides: Vec<Override>,
+}
+
+impl Default for Sync {
+    fn default() -> Self {
+        Sync {
+            limit: 500,
+            since: 0,
+            kinds: Vec::new(),
+            max_parallel: 50,
+            max_failures: 5,
+            max_event_bytes: 512 << 10,
+            live: true,
+            interval: 900.0,
+            live_checkpoint: 60.0,
+            allow_local: false,
+            timeouts: NetworkTimeouts::default(),
+            overrides: Vec::new(),
+        }
+    }
+}
+
+/// `[net]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Net {
+    /// SOCKS5 proxy `host:port` for Tor/I2P/Lokinet relays (empty = those are skipped).
+    pub socks5: String,
+    /// Largest WebSocket message (bytes); the connection fails beyond it.
+    pub max_message_bytes: usize,
+    /// Largest WebSocket frame (bytes).
+    pub max_frame_bytes: usize,
+    /// Write buffer per connection (bytes).
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for Net {
+    fn default() -> Self {
+        Net {
+            socks5: String::new(),
+            max_message_bytes: 4 << 20,
+            max_frame_bytes: 4 << 20,
+            write_buffer_bytes: 128 << 10,
+        }
+    }
+}
+
+/// `[seeds]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Seeds {
+    /// One relay URL per line; `#` comments.
+    pub file: PathBuf,
+}
+
+impl Default for Seeds {
+    fn default() -> Self {
+        Seeds {
+            file: PathBuf::from("seeds/relays.txt"),
+        }
+    }
+}
+
+fn secs(v: f64) -> Duration {
+    Duration::from_secs_f64(v.max(0.0))
+}
+
+impl Config {
+    /// Reads `path`, or `config/bigbrotr.toml` if present, or the defaults; then applies
+    /// `BIGBROTR_*` environment overrides and validates.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let default_path = Path::new("config/bigbrotr.toml");
+        let chosen = match path {
+            Some(p) => Some(p.to_path_buf()),
+            None if default_path.exists() => Some(default_path.to_path_buf()),
+            None => None,
+        };
+        let mut cfg = match &chosen {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read configuration file {}", p.display()))?;
+                Self::parse(&text, p)?
+            }
+            None => Config::default(),
+        };
+        cfg.source = chosen;
+        cfg.apply_env()?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Parses TOML text; errors name `file` and the offending key.
+    pub fn parse(text: &str, file: &Path) -> anyhow::Result<Config> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let msg = inner.message().to_string();
+            let line = inner
+                .span()
+                .map(|s| text[..s.start.min(text.len())].lines().count().max(1));
+            match line {
+                Some(l) => anyhow::anyhow!("{}:{l}: key `{key}`: {msg}", file.display()),
+                None => anyhow::anyhow!("{}: key `{key}`: {msg}", file.display()),
+            }
+        })
+    }
+
+    fn name(&self) -> String {
+        match &self.source {
+            Some(p) => p.display().to_string(),
+            None => "(built-in defaults)".into(),
+        }
+    }
+
+    fn apply_env(&mut self) -> anyhow::Result<()> {
+        if let Ok(v) = std::env::var("BIGBROTR_DATABASE_URL") {
+            self.database.url = v;
+        }
+        if let Ok(v) = std::env::var("BIGBROTR_DATA_DIR") {
+            self.embedded.data_dir = PathBuf::from(v);
+        }
+        if let Ok(v) = std::env::var("BIGBROTR_SOCKS5") {
+            self.net.socks5 = v;
+        }
+        if let Ok(v) = std::env::var("BIGBROTR_SEEDS") {
+            self.seeds.file = PathBuf::from(v);
+        }
+        if let Ok(v) = std::env::var("BIGBROTR_ALLOW_LOCAL") {
+            self.sync.allow_local = matches!(v.as_str(), "1" | "true" | "yes");
+        }
+        Ok(())
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let f = self.name();
+        let checks: [(bool, &str, &str); 9] = [
+            (self.sync.limit >= 1, "sync.limit", "must be at least 1"),
+            (self.sync.max_parallel >= 1, "sync.max_parallel", "must be at least 1"),
+            (self.batch.max_rows >= 1, "batch.max_rows", "must be at least 1"),
+            (self.pipeline.raw_channel >= 1, "pipeline.raw_channel", "must be at least 1"),
+            (self.pipeline.verified_channel >= 1, "pipeline.verified_channel", "must be at least 1"),
+            (self.pipeline.item_channel >= 1, "pipeline.item_channel", "must be at least 1"),
+            (self.pipeline.batch_channel >= 1, "pipeline.batch_channel", "must be at least 1"),
+            (self.database.pool_size >= 2, "database.pool_size", "must be at least 2"),
+            (
+                self.sync.max_event_bytes <= self.net.max_message_bytes,
+                "sync.max_event_bytes",
+                "must not exceed net.max_message_bytes",
+            ),
+        ];
+        for (ok, key, msg) in checks {
+            if !ok {
+                bail!("{f}: key `{key}` {msg}");
+            }
+        }
+        if !self.net.socks5.is_empty() && !self.net.socks5.contains(':') {
+            bail!("{f}: key `net.socks5` must be host:port, got {:?}", self.net.socks5);
+        }
+        for (i, o) in self.sync.overrides.iter().enumerate() {
+            if let Err(e) = RelayUrl::parse(&o.url, true) {
+                bail!("{f}: key `sync.overrides[{i}].url`: {:?} is not a relay URL ({e})", o.url);
+            }
+        }
+        Ok(())
+    }
+
+    /// Verify pool settings.
+    pub fn verify(&self) -> VerifyConfig {
+        VerifyConfig {
+            threads: self.pipeline.verify_threads,
+            pin_cores: self.pipeline.pin_cores,
+            seen_capacity: self.pipeline.seen_capacity,
+            pubkey_cache: self.pipeline.pubkey_cache,
+        }
+    }
+
+    /// Batch stage settings.
+    pub fn batch(&self) -> BatchConfig {
+        BatchConfig {
+            max_rows: self.batch.max_rows,
+            max_age: Duration::from_millis(self.batch.max_age_ms),
+        }
+    }
+
+    /// The sync settings for one relay: network timeouts, then its override.
+    pub fn sync_for(&self, url: &RelayUrl, once: bool) -> SyncConfig {
+        let t = match url.network() {
+            Network::Tor | Network::I2p | Network::Loki => &self.sync.timeouts.tor,
+            _ => &self.sync.timeouts.clearnet,
+        };
+        let mut c = SyncConfig {
+            limit: self.sync.limit,
+            floor: self.sync.since,
+            until: None,
+            use_cursor: true,
+            kinds: if self.sync.kinds.is_empty() {
+                None
+            } else {
+                Some(self.sync.kinds.clone())
+            },
+            live: !once && self.sync.live,
+            connect_timeout: secs(t.connect),
+            idle_timeout: secs(t.idle),
+            relay_timeout: (once && t.relay > 0.0).then(|| secs(t.relay)),
+            max_event_bytes: self.sync.max_event_bytes,
+            max_failures: self.sync.max_failures,
+            live_checkpoint: secs(self.sync.live_checkpoint.max(1.0)),
+            transport: TransportConfig {
+                max_message_bytes: self.net.max_message_bytes,
+                max_frame_bytes: self.net.max_frame_bytes,
+                write_buffer_bytes: self.net.write_buffer_bytes,
+                socks5: (!self.net.socks5.is_empty()).then(|| self.net.socks5.clone()),
+                proxy_all: false,
+            },
+            ..SyncConfig::default()
+        };
+        for o in &self.sync.overrides {
+            if RelayUrl::parse(&o.url, true).is_ok_and(|u| &u == url) {
+                if let Some(v) = o.limit {
+                    c.limit = v.max(1);
+                }
+                if let Some(v) = o.connect {
+                    c.connect_timeout = secs(v);
+                }
+                if let Some(v) = o.idle {
+                    c.idle_timeout = secs(v);
+                }
+                if let Some(v) = o.relay {
+                    c.relay_timeout = (once && v > 0.0).then(|| secs(v));
+                }
+            }
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_parses_and_validates() {
+        let text = include_str!("../config/bigbrotr.toml");
+        let cfg = Config::parse(text, Path::new("config/bigbrotr.toml")).expect("parse");
+        cfg.validate().expect("valid");
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = Config::parse("[sync]\nlimit = \"many\"\n", Path::new("x.toml"))
+            .expect_err("bad type")
+            .to_string();
+        assert!(e.contains("x.toml") && e.contains("sync.limit"), "{e}");
+        let e = Config::parse("[sync]\nlimitt = 5\n", Path::new("x.toml"))
+            .expect_err("unknown key")
+            .to_string();
+        assert!(e.contains("x.toml") && e.contains("limitt"), "{e}");
+        let mut c = Config::default();
+        c.sync.limit = 0;
+        c.source = Some(PathBuf::from("y.toml"));
+        let e = c.validate().expect_err("zero").to_string();
+        assert!(e.contains("y.toml") && e.contains("sync.limit"), "{e}");
+    }
+
+    #[test]
+    fn overrides_apply_per_relay() {
+        let text = "[[sync.overrides]]\nurl = \"wss://Relay.Damus.io/\"\nidle = 99\nlimit = 100\n";
+        let cfg = Config::parse(text, Path::new("x.toml")).expect("parse");
+        let damus = RelayUrl::parse("wss://relay.damus.io", false).expect("url");
+        let other = RelayUrl::parse("wss://nos.lol", false).expect("url");
+        assert_eq!(cfg.sync_for(&damus, true).idle_timeout, Duration::from_secs(99));
+        assert_eq!(cfg.sync_for(&damus, true).limit, 100);
+        assert_eq!(cfg.sync_for(&other, true).limit, 500);
+    }
+}

@@ -1,0 +1,139 @@
+//! The pipeline, wired in one place:
+//!
+//! ```text
+//! connect ×N ──RawEvent──► verify pool ──Verified──► dedupe ──Item──► batch ──Batch──► sink
+//!     ▲  (bounded)             (bounded)               (bounded)        (bounded)     │
+//!     └──────────── cursor acks: a relay's progress advances past committed events ◄──┘
+//! ```
+//!
+//! Every arrow is a bounded flume channel: a slow database fills them, the verify threads
+//! block, and the connectors stop reading their sockets. Shutdown runs front to back: the
+//! connectors stop, each stage drains its input and closes its output, the sink commits the
+//! last batch and persists the cursors.
+
+use crate::config::Config;
+use crate::db::Pool;
+use bigbrotr_stages::connect::{Connector, SyncConfig};
+use bigbrotr_stages::dedupe::{Dedupe, DedupeStats};
+use bigbrotr_stages::model::{RawEvent, Relay};
+use bigbrotr_stages::sink::SinkStats;
+use bigbrotr_stages::verify::VerifyStats;
+use bigbrotr_stages::{batch, sink, verify};
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Counters of every stage, for progress lines, reports and metrics.
+#[derive(Clone)]
+pub struct Stats {
+    /// Verify pool.
+    pub verify: Arc<VerifyStats>,
+    /// Dedupe.
+    pub dedupe: Arc<DedupeStats>,
+    /// Sink.
+    pub sink: Arc<SinkStats>,
+    /// Current depth of each channel: (name, receiver length, capacity).
+    pub depths: Arc<dyn Fn() -> Vec<(&'static str, usize, usize)> + Send + Sync>,
+}
+
+/// A running pipeline: hand it connectors, then `finish` it.
+pub struct Pipeline {
+    raw_tx: flume::Sender<RawEvent>,
+    cursor_tx: flume::Sender<Relay>,
+    stop_tx: watch::Sender<bool>,
+    verify_threads: Vec<std::thread::JoinHandle<()>>,
+    tasks: Vec<JoinHandle<()>>,
+    /// Stage counters.
+    pub stats: Stats,
+}
+
+impl Pipeline {
+    /// Starts verify, dedupe, batch and sink; connectors are added with [`Pipeline::connector`].
+    pub fn start(cfg: &Config, pool: Pool) -> Pipeline {
+        let p = &cfg.pipeline;
+        let (raw_tx, raw_rx) = flume::bounded::<RawEvent>(p.raw_channel);
+        let (verified_tx, verified_rx) = flume::bounded(p.verified_channel);
+        let (item_tx, item_rx) = flume::bounded(p.item_channel);
+        let (batch_tx, batch_rx) = flume::bounded(p.batch_channel);
+        // One message per relay at most while its cursor is dirty, so bounded by the relay count.
+        let (cursor_tx, cursor_rx) = flume::unbounded::<Relay>();
+        let (stop_tx, _) = watch::channel(false);
+
+        let pool_v = verify::spawn(&cfg.verify(), raw_rx.clone(), verified_tx, cursor_tx.clone());
+        let dedupe = Dedupe::new(p.dedupe_capacity);
+        let dedupe_stats = dedupe.stats.clone();
+        let sink_stats = Arc::new(SinkStats::default());
+
+        let tasks = vec![
+            tokio::spawn(dedupe.run(verified_rx.clone(), item_tx)),
+            tokio::spawn(batch::run(cfg.batch(), item_rx.clone(), batch_tx)),
+            tokio::spawn(sink::run(pool, batch_rx.clone(), cursor_rx, sink_stats.clone())),
+        ];
+
+        let caps = (p.raw_channel, p.verified_channel, p.item_channel, p.batch_channel);
+        let depths = Arc::new(move || {
+            vec![
+                ("raw", raw_rx.len(), caps.0),
+                ("verified", verified_rx.len(), caps.1),
+                ("items", item_rx.len(), caps.2),
+                ("batches", batch_rx.len(), caps.3),
+            ]
+        });
+        Pipeline {
+            raw_tx,
+            cursor_tx,
+            stop_tx,
+            verify_threads: pool_v.threads,
+            tasks,
+            stats: Stats {
+                verify: pool_v.stats,
+                dedupe: dedupe_stats,
+                sink: sink_stats,
+                depths,
+            },
+        }
+    }
+
+    /// A connector for `relay` feeding this pipeline.
+    pub fn connector(&self, relay: Relay, sync: Arc<SyncConfig>) -> Connector {
+        Connector::new(
+            relay,
+            sync,
+            self.raw_tx.clone(),
+            self.cursor_tx.clone(),
+            self.stop_tx.subscribe(),
+        )
+    }
+
+    /// Asks every connector to stop (they close their windows without advancing cursors).
+    pub fn stop(&self) {
+        let _ = self.stop_tx.send(true);
+    }
+
+    /// The sender behind [`Pipeline::stop`], for signal handlers.
+    pub fn stop_sender(&self) -> watch::Sender<bool> {
+        self.stop_tx.clone()
+    }
+
+    /// A receiver that turns true when [`Pipeline::stop`] is called.
+    pub fn stop_signal(&self) -> watch::Receiver<bool> {
+        self.stop_tx.subscribe()
+    }
+
+    /// Drains every stage and waits for the sink's last commit. Call after the connectors
+    /// have returned.
+    pub async fn finish(self) {
+        drop(self.raw_tx);
+        drop(self.cursor_tx);
+        let threads = self.verify_threads;
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

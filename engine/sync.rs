@@ -1,0 +1,386 @@
+//! Running connectors: a one-shot pass over a set of relays (`sync --once`), and the
+//! long-running supervisor that keeps every relay of the registry synced (`sync`, `run`).
+
+use crate::config::Config;
+use crate::db::Pool;
+use crate::pipeline::Pipeline;
+use bigbrotr_stages::connect::Outcome;
+use bigbrotr_stages::model::{CursorState, Relay, RelayCtx, RelayUrl};
+use bigbrotr_stages::sink::CURSOR_SERVICE;
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// What one sync pass should do beyond the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct SyncOptions {
+    /// Oldest created_at (overrides `sync.since`).
+    pub since: Option<i64>,
+    /// Newest created_at: an explicit range, synced without reading or moving cursors.
+    pub until: Option<i64>,
+    /// Print a progress line every second.
+    pub progress: bool,
+}
+
+/// The result for one relay.
+#[derive(Debug, Clone)]
+pub struct RelayReport {
+    /// The relay.
+    pub url: String,
+    /// How its connector ended.
+    pub outcome: Outcome,
+    /// EVENT messages received.
+    pub received: u64,
+    /// Events passed to verification.
+    pub emitted: u64,
+    /// Boundary events received again and dropped by the connector.
+    pub refetched: u64,
+    /// Sightings committed.
+    pub committed: u64,
+    /// Signatures verified for this relay's events.
+    pub verified: u64,
+    /// Signatures skipped (already verified).
+    pub verify_skipped: u64,
+    /// REQs sent.
+    pub reqs: u64,
+    /// Rejections by reason.
+    pub rejections: Vec<(&'static str, u64)>,
+}
+
+/// The result of a pass.
+#[derive(Debug, Clone)]
+pub struct SyncReport {
+    /// Per relay.
+    pub relays: Vec<RelayReport>,
+    /// New rows in `events`.
+    pub events_inserted: u64,
+    /// New rows in `events_relays`.
+    pub sightings_inserted: u64,
+    /// Signatures verified in total.
+    pub verified: u64,
+    /// Signatures skipped in total.
+    pub verify_skipped: u64,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl SyncReport {
+    /// Events received over sightings committed (1.0 = every event asked for once).
+    pub fn overfetch(&self) -> f64 {
+        let rec: u64 = self.relays.iter().map(|r| r.received).sum();
+        let kept: u64 = self.relays.iter().map(|r| r.committed).sum();
+        if kept == 0 {
+            0.0
+        } else {
+            rec as f64 / kept as f64
+        }
+    }
+
+    /// Human-readable summary.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let secs = self.elapsed.as_secs_f64().max(1e-9);
+        s.push_str(&format!(
+            "synced {} relays in {:.1}s: {} new events ({:.0}/s), {} new sightings; signatures verified {} / skipped {}; over-fetch {:.3}\n",
+            self.relays.len(),
+            secs,
+            self.events_inserted,
+            self.events_inserted as f64 / secs,
+            self.sightings_inserted,
+            self.verified,
+            self.verify_skipped,
+            self.overfetch(),
+        ));
+        for r in &self.relays {
+            let outcome = match &r.outcome {
+                Outcome::Synced => "synced".to_string(),
+                Outcome::Cancelled => "cancelled".to_string(),
+                Outcome::GaveUp(why) => format!("gave up: {why}"),
+            };
+            let rej: Vec<String> = r.rejections.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            s.push_str(&format!(
+                "  {}: {outcome}; received {} kept {} (refetched {}, {} REQs){}\n",
+                r.url,
+                r.received,
+                r.committed,
+                r.refetched,
+                r.reqs,
+                if rej.is_empty() {
+                    String::new()
+                } else {
+                    format!("; rejected {}", rej.join(" "))
+                }
+            ));
+        }
+        s
+    }
+}
+
+/// Reads every persisted relay cursor.
+pub async fn load_cursors(pool: &Pool) -> anyhow::Result<HashMap<String, CursorState>> {
+    let conn = pool.get().await?;
+    let rows = conn
+        .query(
+            "SELECT state_key, payload FROM service_state WHERE service_name = $1",
+            &[&CURSOR_SERVICE],
+        )
+        .await?;
+    let mut out = HashMap::new();
+    for r in rows {
+        let key: String = r.get(0);
+        let payload: serde_json::Value = r.get(1);
+        match serde_json::from_value::<CursorState>(payload) {
+            Ok(st) => {
+                out.insert(key, st);
+            }
+            Err(e) => tracing::warn!(relay = %key, error = %e, "unreadable cursor; starting over"),
+        }
+    }
+    Ok(out)
+}
+
+fn report(relay: &Relay, outcome: Outcome) -> RelayReport {
+    let s = &relay.stats;
+    RelayReport {
+        url: relay.url.to_string(),
+        outcome,
+        received: s.events_received.load(Relaxed),
+        emitted: s.events_emitted.load(Relaxed),
+        refetched: s.refetched.load(Relaxed),
+        committed: s.committed.load(Relaxed),
+        verified: s.verified.load(Relaxed),
+        verify_skipped: s.verify_skipped.load(Relaxed),
+        reqs: s.reqs.load(Relaxed),
+        rejections: s.rejections(),
+    }
+}
+
+/// Turns SIGINT/SIGTERM into a pipeline stop; a second signal exits at once.
+pub fn stop_on_signals(stop: tokio::sync::watch::Sender<bool>) {
+    tokio::spawn(async move {
+        let mut n = 0;
+        loop {
+            wait_signal().await;
+            n += 1;
+            if n > 1 {
+                eprintln!("second signal: exiting without draining");
+                std::process::exit(130);
+            }
+            eprintln!("stopping: draining the pipeline (signal again to exit at once)");
+            let _ = stop.send(true);
+        }
+    });
+}
+
+async fn wait_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn progress_line(start: Instant, pipeline: &crate::pipeline::Stats, done: usize, total: usize, last: &mut (u64, Instant)) -> String {
+    let kept = pipeline.sink.events_inserted.load(Relaxed);
+    let now = Instant::now();
+    let rate = (kept - last.0.min(kept)) as f64 / now.duration_since(last.1).as_secs_f64().max(1e-3);
+    *last = (kept, now);
+    let seen = pipeline.verify.verified.load(Relaxed) + pipeline.verify.skipped.load(Relaxed);
+    format!(
+        "[{:>6.1}s] kept {kept} events ({rate:.0}/s) · checked {seen} · rejected {} · relays {done}/{total} done",
+        start.elapsed().as_secs_f64(),
+        pipeline.verify.rejected.load(Relaxed),
+    )
+}
+
+/// Syncs `relays` once (backfill to now or to `opts.until`) and drains the pipeline.
+pub async fn sync_once(
+    cfg: &Config,
+    pool: Pool,
+    relays: Vec<RelayUrl>,
+    opts: &SyncOptions,
+    stop: Option<tokio::sync::watch::Receiver<bool>>,
+) -> anyhow::Result<SyncReport> {
+    let start = Instant::now();
+    let cursors = load_cursors(&pool).await?;
+    let pipeline = Pipeline::start(cfg, pool.clone());
+    let sem = Arc::new(Semaphore::new(cfg.sync.max_parallel));
+    let total = relays.len();
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    let mut ctxs = Vec::new();
+    for url in relays {
+        let state = cursors.get(url.as_str()).copied().unwrap_or_default();
+        let ctx = RelayCtx::new(url.clone(), state);
+        let mut sc = cfg.sync_for(&url, true);
+        if let Some(s) = opts.since {
+            sc.floor = s;
+        }
+        if let Some(u) = opts.until {
+            sc.until = Some(u);
+            sc.use_cursor = false;
+        }
+        let conn = pipeline.connector(ctx.clone(), Arc::new(sc));
+        let sem = sem.clone();
+        let done = done.clone();
+        ctxs.push(ctx);
+        handles.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await;
+            let o = conn.run().await;
+            done.fetch_add(1, Relaxed);
+            o
+        }));
+    }
+    if let Some(mut stop) = stop {
+        let p_stop = pipeline.stop_sender();
+        tokio::spawn(async move {
+            while stop.changed().await.is_ok() {
+                if *stop.borrow() {
+                    let _ = p_stop.send(true);
+                    break;
+                }
+            }
+        });
+    }
+    let printer = opts.progress.then(|| {
+        let stats = pipeline.stats.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let tty = std::io::stderr().is_terminal();
+            let mut last = (0u64, Instant::now());
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut n = 0u64;
+            loop {
+                tick.tick().await;
+                n += 1;
+                let line = progress_line(start, &stats, done.load(Relaxed), total, &mut last);
+                if tty {
+                    eprint!("\r{line}   ");
+                } else if n % 5 == 0 {
+                    eprintln!("{line}");
+                }
+            }
+        })
+    });
+    let mut outcomes = Vec::new();
+    for h in handles {
+        outcomes.push(h.await.unwrap_or(Outcome::GaveUp("connector panicked".into())));
+    }
+    let stats = pipeline.stats.clone();
+    pipeline.finish().await;
+    if let Some(p) = printer {
+        p.abort();
+        if std::io::stderr().is_terminal() {
+            eprintln!();
+        }
+    }
+    Ok(SyncReport {
+        relays: ctxs
+            .iter()
+            .zip(outcomes)
+            .map(|(c, o)| report(c, o))
+            .collect(),
+        events_inserted: stats.sink.events_inserted.load(Relaxed),
+        sightings_inserted: stats.sink.sightings_inserted.load(Relaxed),
+        verified: stats.verify.verified.load(Relaxed),
+        verify_skipped: stats.verify.skipped.load(Relaxed),
+        elapsed: start.elapsed(),
+    })
+}
+
+/// Keeps every relay synced until `stop`: each relay runs a connector (backfill, then live);
+/// one that ends or gives up is started again after `sync.interval`. New relays in the
+/// registry are picked up every `refresh`.
+pub async fn run_forever(
+    cfg: &Config,
+    pool: Pool,
+    explicit: Vec<RelayUrl>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let cursors = load_cursors(&pool).await?;
+    let pipeline = Pipeline::start(cfg, pool.clone());
+    let p_stop = pipeline.stop_sender();
+    let sem = Arc::new(Semaphore::new(cfg.sync.max_parallel));
+    let mut ctxs: HashMap<String, Relay> = HashMap::new();
+    let mut running: HashMap<String, tokio::task::JoinHandle<Outcome>> = HashMap::new();
+    let mut next_at: HashMap<String, Instant> = HashMap::new();
+    let interval = Duration::from_secs_f64(cfg.sync.interval.max(1.0));
+    let mut refresh = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => {
+                if *stop.borrow() { break; }
+            }
+            _ = refresh.tick() => {}
+        }
+        let urls: Vec<RelayUrl> = if explicit.is_empty() {
+            match crate::db::list_relays(&pool).await {
+                Ok(rows) => rows
+                    .into_iter()
+                    .filter_map(|(u, _)| RelayUrl::parse(&u, cfg.sync.allow_local).ok())
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the relay registry");
+                    Vec::new()
+                }
+            }
+        } else {
+            explicit.clone()
+        };
+        running.retain(|url, h| {
+            if h.is_finished() {
+                next_at.insert(url.clone(), Instant::now() + interval);
+                false
+            } else {
+                true
+            }
+        });
+        for url in urls {
+            let key = url.to_string();
+            if running.contains_key(&key) || next_at.get(&key).is_some_and(|t| *t > Instant::now()) {
+                continue;
+            }
+            if url.network().is_overlay() && cfg.net.socks5.is_empty() {
+                continue;
+            }
+            let ctx = ctxs
+                .entry(key.clone())
+                .or_insert_with(|| {
+                    RelayCtx::new(url.clone(), cursors.get(&key).copied().unwrap_or_default())
+                })
+                .clone();
+            let conn = pipeline.connector(ctx, Arc::new(cfg.sync_for(&url, false)));
+            let sem = sem.clone();
+            running.insert(
+                key,
+                tokio::spawn(async move {
+                    let _permit = sem.acquire_owned().await;
+                    conn.run().await
+                }),
+            );
+        }
+    }
+    let _ = p_stop.send(true);
+    for (_, h) in running {
+        let _ = h.await;
+    }
+    pipeline.finish().await;
+    Ok(())
+}
