@@ -142,7 +142,11 @@ impl EmbeddedPg {
                         pg.data_dir.display()
                     );
                 }
-                tracing::debug!(port = pm.port, "reusing running PostgreSQL in {}", pg.data_dir.display());
+                tracing::debug!(
+                    port = pm.port,
+                    "reusing running PostgreSQL in {}",
+                    pg.data_dir.display()
+                );
                 pg.port = pm.port;
             }
             None => {
@@ -271,7 +275,8 @@ impl EmbeddedPg {
             self.root.clone().into(),
             self.run_dir.clone().into(),
         ];
-        let mut cmd = tokio::process::Command::from(self.runner.command(Path::new("/bin/sh"), &args));
+        let mut cmd =
+            tokio::process::Command::from(self.runner.command(Path::new("/bin/sh"), &args));
         cmd.current_dir("/").kill_on_drop(true);
         let out = tokio::time::timeout(Duration::from_secs(30), cmd.output())
             .await
@@ -329,7 +334,10 @@ impl EmbeddedPg {
             .next()
             .is_some()
         {
-            tracing::warn!("{} holds an unfinished initdb; recreating it", self.data_dir.display());
+            tracing::warn!(
+                "{} holds an unfinished initdb; recreating it",
+                self.data_dir.display()
+            );
             fs::remove_dir_all(&self.data_dir)
                 .with_context(|| format!("could not remove {}", self.data_dir.display()))?;
             prepare_private_dir(&self.data_dir, owner)?;
@@ -338,16 +346,27 @@ impl EmbeddedPg {
 
         tracing::info!("creating PostgreSQL cluster in {}", self.data_dir.display());
         let mut args: Vec<OsString> = vec!["-D".into(), self.data_dir.clone().into()];
-        args.extend(os_args(["-A", "trust", "-U", SERVER_USER, "-E", "UTF8", "--no-locale"]));
+        args.extend(os_args([
+            "-A",
+            "trust",
+            "-U",
+            SERVER_USER,
+            "-E",
+            "UTF8",
+            "--no-locale",
+        ]));
         if fast {
             args.push("-N".into());
         }
         let out = self.run("initdb", args, INITDB_TIMEOUT).await?;
         if !out.status.success() {
-            bail!("initdb failed in {}: {}", self.data_dir.display(), describe(&out));
+            bail!(
+                "initdb failed in {}: {}",
+                self.data_dir.display(),
+                describe(&out)
+            );
         }
-        fs::write(&marker, b"")
-            .with_context(|| format!("could not write {}", marker.display()))?;
+        fs::write(&marker, b"").with_context(|| format!("could not write {}", marker.display()))?;
         Ok(())
     }
 
@@ -367,7 +386,12 @@ impl EmbeddedPg {
             let log_offset = fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
             let mut args = os_args(["start", "-w", "-t"]);
             args.push(PG_CTL_WAIT_SECS.to_string().into());
-            args.extend(["-D".into(), self.data_dir.clone().into(), "-l".into(), log.clone().into()]);
+            args.extend([
+                "-D".into(),
+                self.data_dir.clone().into(),
+                "-l".into(),
+                log.clone().into(),
+            ]);
             args.extend(["-o".into(), self.server_options(port, fast)]);
             let out = self
                 .run("pg_ctl", args, Duration::from_secs(PG_CTL_WAIT_SECS + 30))
@@ -388,7 +412,10 @@ impl EmbeddedPg {
             let fresh = read_from(&log, log_offset);
             let port_taken = fresh.contains("Address already in use");
             if auto && port_taken && attempt < PORT_ATTEMPTS {
-                tracing::debug!(port, "port was taken before PostgreSQL could bind it; picking another");
+                tracing::debug!(
+                    port,
+                    "port was taken before PostgreSQL could bind it; picking another"
+                );
                 port = free_port()?;
                 continue;
             }
@@ -515,7 +542,10 @@ impl EmbeddedPg {
             return;
         };
         let Ok(rows) = client
-            .query("SELECT datname::text FROM pg_database WHERE NOT datistemplate", &[])
+            .query(
+                "SELECT datname::text FROM pg_database WHERE NOT datistemplate",
+                &[],
+            )
             .await
         else {
             return;
@@ -554,8 +584,14 @@ impl Drop for EmbeddedPg {
         cmd.stdout(Stdio::null()).stderr(Stdio::null());
         match cmd.status() {
             Ok(status) if status.success() => {}
-            Ok(status) => tracing::warn!("pg_ctl stop for {} failed: {status}", self.data_dir.display()),
-            Err(e) => tracing::warn!("could not run pg_ctl stop for {}: {e}", self.data_dir.display()),
+            Ok(status) => tracing::warn!(
+                "pg_ctl stop for {} failed: {status}",
+                self.data_dir.display()
+            ),
+            Err(e) => tracing::warn!(
+                "could not run pg_ctl stop for {}: {e}",
+                self.data_dir.display()
+            ),
         }
     }
 }
@@ -634,7 +670,13 @@ fn server_owner() -> Result<Option<Owner>> {
     // SAFETY: every pointer is valid for the call and buf's length is passed along with it;
     // the reentrant variant keeps concurrent lookups in other threads from clobbering ours.
     let rc = unsafe {
-        libc::getpwnam_r(name.as_ptr(), &mut pwd, buf.as_mut_ptr(), buf.len(), &mut found)
+        libc::getpwnam_r(
+            name.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut found,
+        )
     };
     if rc != 0 {
         bail!(
@@ -957,7 +999,9 @@ fn describe(out: &Output) -> String {
         let s = s.trim();
         if !s.is_empty() {
             let cut = s.len().saturating_sub(2000);
-            let cut = (cut..s.len()).find(|i| s.is_char_boundary(*i)).unwrap_or(s.len());
+            let cut = (cut..s.len())
+                .find(|i| s.is_char_boundary(*i))
+                .unwrap_or(s.len());
             text.push('\n');
             text.push_str(&s[cut..]);
         }
@@ -1002,7 +1046,13 @@ fn unique_db_name(prefix: &str) -> String {
     // 20 chars leaves room for the u32 pid, a u64 counter and the suffix within 63 bytes.
     let mut clean: String = prefix
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
         .take(20)
         .collect();
     if clean.is_empty() {
@@ -1028,7 +1078,9 @@ fn test_db_creator(name: &str) -> Option<u32> {
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     let well_formed = !prefix.is_empty()
         && random.len() == 8
-        && random.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && random
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
         && digits(counter)
         && digits(pid);
     if well_formed {
@@ -1065,7 +1117,11 @@ mod tests {
             .await
             .expect("connect to the fresh database");
         tokio::spawn(connection);
-        let one: i32 = client.query_one("SELECT 1", &[]).await.expect("SELECT 1").get(0);
+        let one: i32 = client
+            .query_one("SELECT 1", &[])
+            .await
+            .expect("SELECT 1")
+            .get(0);
         assert_eq!(one, 1);
         let db: String = client
             .query_one("SELECT current_database()::text", &[])
@@ -1083,7 +1139,10 @@ mod tests {
             .await
             .expect("attach to the running cluster");
         assert_eq!(attached.port(), pg.port());
-        assert!(!attached.stop_on_drop, "attaching must never stop a shared server");
+        assert!(
+            !attached.stop_on_drop,
+            "attaching must never stop a shared server"
+        );
     }
 
     #[test]
@@ -1092,10 +1151,21 @@ mod tests {
         let b = unique_db_name("Some Test-Name that is far too long for postgres");
         assert_ne!(a, b);
         assert!(a.len() <= MAX_IDENT);
-        assert!(a.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_'));
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_'));
         assert_eq!(test_db_creator(&a), Some(std::process::id()));
-        assert_eq!(test_db_creator(&unique_db_name("")), Some(std::process::id()));
-        for other in ["postgres", "bigbrotr", "a_1_2_3", "x_12_3_zzzzzzzz", "_1_2_0123abcd"] {
+        assert_eq!(
+            test_db_creator(&unique_db_name("")),
+            Some(std::process::id())
+        );
+        for other in [
+            "postgres",
+            "bigbrotr",
+            "a_1_2_3",
+            "x_12_3_zzzzzzzz",
+            "_1_2_0123abcd",
+        ] {
             assert_eq!(test_db_creator(other), None, "{other}");
         }
     }
@@ -1122,7 +1192,13 @@ mod tests {
 
     #[test]
     fn shell_quoting_survives_quotes() {
-        assert_eq!(shell_quote(OsStr::new("/a b/c")), OsString::from("'/a b/c'"));
-        assert_eq!(shell_quote(OsStr::new("it's")), OsString::from(r"'it'\''s'"));
+        assert_eq!(
+            shell_quote(OsStr::new("/a b/c")),
+            OsString::from("'/a b/c'")
+        );
+        assert_eq!(
+            shell_quote(OsStr::new("it's")),
+            OsString::from(r"'it'\''s'")
+        );
     }
 }

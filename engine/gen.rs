@@ -96,8 +96,16 @@ pub fn sign(
     tags: &[Vec<String>],
     content: &str,
 ) -> GenEvent {
-    let pubkey = keypair.x_only_public_key().0.serialize();
-    sign_with(keypair, &pubkey, &hex::encode(pubkey), created_at, kind, tags, content)
+    let pubkey = keypair.x_only_public_key().0.to_byte_array();
+    sign_with(
+        keypair,
+        &pubkey,
+        &hex::encode(pubkey),
+        created_at,
+        kind,
+        tags,
+        content,
+    )
 }
 
 /// Like [`sign`], with the pubkey precomputed since generation signs many events per author.
@@ -115,7 +123,9 @@ fn sign_with(
     let sig = secp256k1::schnorr::sign_no_aux_rand(&id, keypair).to_byte_array();
     let id_hex = hex::encode(id);
     let sig_hex = hex::encode(sig);
-    let json = wire_json(&id_hex, pubkey_hex, created_at, kind, tags, content, &sig_hex);
+    let json = wire_json(
+        &id_hex, pubkey_hex, created_at, kind, tags, content, &sig_hex,
+    );
     GenEvent {
         id,
         pubkey: *pubkey,
@@ -126,7 +136,13 @@ fn sign_with(
 }
 
 /// The NIP-01 id: serde_json's compact output is exactly the NIP-01 serialization.
-fn event_id(pubkey_hex: &str, created_at: i64, kind: u16, tags: &[Vec<String>], content: &str) -> [u8; 32] {
+fn event_id(
+    pubkey_hex: &str,
+    created_at: i64,
+    kind: u16,
+    tags: &[Vec<String>],
+    content: &str,
+) -> [u8; 32] {
     let ser = serde_json::to_string(&(0u8, pubkey_hex, created_at, kind, tags, content))
         .expect("serializing strings and integers cannot fail");
     Sha256::digest(ser.as_bytes()).into()
@@ -155,7 +171,9 @@ fn wire_json(
 
 /// splitmix64 finaliser: decorrelates (seed, stream, index) so that e.g. seed 2 chunk 0 differs from seed 1 chunk 1.
 fn mix(a: u64, b: u64) -> u64 {
-    let mut z = a ^ b.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let mut z = a ^ b
+        .wrapping_add(0x9E37_79B9_7F4A_7C15)
+        .wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -165,20 +183,74 @@ fn mix(a: u64, b: u64) -> u64 {
 const CHUNK: usize = 256;
 
 const WORDS: &[&str] = &[
-    "nostr", "relay", "zap", "bitcoin", "hello", "world", "gm", "note", "the", "a", "of", "and",
-    "freedom", "protocol", "event", "signed", "key", "archive", "stream", "pipeline", "coffee",
-    "today", "build", "ship", "test", "why", "not", "lightning", "sats", "pura", "vida",
+    "nostr",
+    "relay",
+    "zap",
+    "bitcoin",
+    "hello",
+    "world",
+    "gm",
+    "note",
+    "the",
+    "a",
+    "of",
+    "and",
+    "freedom",
+    "protocol",
+    "event",
+    "signed",
+    "key",
+    "archive",
+    "stream",
+    "pipeline",
+    "coffee",
+    "today",
+    "build",
+    "ship",
+    "test",
+    "why",
+    "not",
+    "lightning",
+    "sats",
+    "pura",
+    "vida",
 ];
 
 /// Pieces that exercise every escaping rule of NIP-01 plus the characters serializers get wrong.
 const SPECIAL: &[&str] = &[
-    "é", "日本語", "🎉", "Ωμέγα", "\"", "\\", "\n", "\r\n", "\t", "\u{8}", "\u{c}", "\u{1}",
-    "\u{1f}", "\u{7f}", "\u{2028}", "/", "</script>", "\\n", "\"quoted\"", "ﬁ",
+    "é",
+    "日本語",
+    "🎉",
+    "Ωμέγα",
+    "\"",
+    "\\",
+    "\n",
+    "\r\n",
+    "\t",
+    "\u{8}",
+    "\u{c}",
+    "\u{1}",
+    "\u{1f}",
+    "\u{7f}",
+    "\u{2028}",
+    "/",
+    "</script>",
+    "\\n",
+    "\"quoted\"",
+    "ﬁ",
 ];
 
 const TOPICS: &[&str] = &[
-    "nostr", "bitcoin", "café", "日本語", "zap\"quote", "back\\slash", "tab\there", "photography",
-    "grownostr", "art",
+    "nostr",
+    "bitcoin",
+    "café",
+    "日本語",
+    "zap\"quote",
+    "back\\slash",
+    "tab\there",
+    "photography",
+    "grownostr",
+    "art",
 ];
 
 fn content(rng: &mut StdRng, len: usize, allow_nul: bool) -> String {
@@ -224,7 +296,10 @@ fn tags(rng: &mut StdRng, spec: &GenSpec, kind: u16, authors_hex: &[String]) -> 
     let n = rng.random_range(lo..=hi);
     let mut tags = Vec::with_capacity(n + 1);
     if (30000..40000).contains(&kind) {
-        tags.push(vec!["d".to_string(), format!("article-{}", rng.random_range(0..1000u32))]);
+        tags.push(vec![
+            "d".to_string(),
+            format!("article-{}", rng.random_range(0..1000u32)),
+        ]);
     }
     for _ in 0..n {
         let t = match kind {
@@ -252,7 +327,10 @@ fn tags(rng: &mut StdRng, spec: &GenSpec, kind: u16, authors_hex: &[String]) -> 
                     "p".to_string(),
                     authors_hex[rng.random_range(0..authors_hex.len())].clone(),
                 ],
-                _ => vec!["t".to_string(), TOPICS[rng.random_range(0..TOPICS.len())].to_string()],
+                _ => vec![
+                    "t".to_string(),
+                    TOPICS[rng.random_range(0..TOPICS.len())].to_string(),
+                ],
             },
         };
         tags.push(t);
@@ -295,7 +373,7 @@ fn derive_authors(seed: u64, n: usize, threads: usize) -> Vec<Author> {
                         .iter()
                         .map(|sk| {
                             let keypair = Keypair::from_secret_key(sk);
-                            let pubkey = keypair.x_only_public_key().0.serialize();
+                            let pubkey = keypair.x_only_public_key().0.to_byte_array();
                             Author {
                                 keypair,
                                 pubkey,
@@ -313,7 +391,12 @@ fn derive_authors(seed: u64, n: usize, threads: usize) -> Vec<Author> {
     })
 }
 
-fn gen_chunk(spec: &GenSpec, authors: &[Author], authors_hex: &[String], chunk: usize) -> Vec<GenEvent> {
+fn gen_chunk(
+    spec: &GenSpec,
+    authors: &[Author],
+    authors_hex: &[String],
+    chunk: usize,
+) -> Vec<GenEvent> {
     let mut rng = StdRng::seed_from_u64(mix(spec.seed, chunk as u64 + 1));
     let start = chunk * CHUNK;
     let end = (start + CHUNK).min(spec.count);
@@ -457,7 +540,8 @@ pub(crate) fn parse_event(json: &str) -> anyhow::Result<GenEvent> {
 
 /// Checks a client-published event object (shape, hex fields, id) and returns it with canonical wire JSON.
 pub(crate) fn event_from_value(v: serde_json::Value) -> Result<GenEvent, String> {
-    let w: WireIn = serde_json::from_value(v).map_err(|e| format!("invalid: malformed event: {e}"))?;
+    let w: WireIn =
+        serde_json::from_value(v).map_err(|e| format!("invalid: malformed event: {e}"))?;
     let id = hex32(&w.id).map_err(|_| "invalid: id is not 64 hex chars".to_string())?;
     let pubkey = hex32(&w.pubkey).map_err(|_| "invalid: pubkey is not 64 hex chars".to_string())?;
     if w.sig.len() != 128 || hex::decode(&w.sig).is_err() {
@@ -471,7 +555,15 @@ pub(crate) fn event_from_value(v: serde_json::Value) -> Result<GenEvent, String>
         pubkey,
         created_at: w.created_at,
         kind: w.kind,
-        json: wire_json(&w.id, &w.pubkey, w.created_at, w.kind, &w.tags, &w.content, &w.sig),
+        json: wire_json(
+            &w.id,
+            &w.pubkey,
+            w.created_at,
+            w.kind,
+            &w.tags,
+            &w.content,
+            &w.sig,
+        ),
     })
 }
 
@@ -507,7 +599,15 @@ pub fn with_bad_sig(ev: &GenEvent) -> GenEvent {
     sig[63] ^= 0x01;
     let sig_hex = hex::encode(sig);
     GenEvent {
-        json: wire_json(&w.id, &w.pubkey, w.created_at, w.kind, &w.tags, &w.content, &sig_hex),
+        json: wire_json(
+            &w.id,
+            &w.pubkey,
+            w.created_at,
+            w.kind,
+            &w.tags,
+            &w.content,
+            &sig_hex,
+        ),
         ..ev.clone()
     }
 }
@@ -520,7 +620,15 @@ pub fn with_bad_id(ev: &GenEvent) -> GenEvent {
     let id_hex = hex::encode(id);
     GenEvent {
         id,
-        json: wire_json(&id_hex, &w.pubkey, w.created_at, w.kind, &w.tags, &w.content, &w.sig),
+        json: wire_json(
+            &id_hex,
+            &w.pubkey,
+            w.created_at,
+            w.kind,
+            &w.tags,
+            &w.content,
+            &w.sig,
+        ),
         ..ev.clone()
     }
 }
@@ -542,13 +650,18 @@ mod tests {
     /// Independent check: recompute the id from the parsed JSON and verify the signature.
     fn valid(ev: &GenEvent) -> bool {
         let w: WireIn = serde_json::from_str(&ev.json).unwrap();
-        let ser = serde_json::to_string(&(0, &w.pubkey, w.created_at, w.kind, &w.tags, &w.content)).unwrap();
+        let ser = serde_json::to_string(&(0, &w.pubkey, w.created_at, w.kind, &w.tags, &w.content))
+            .unwrap();
         let id: [u8; 32] = Sha256::digest(ser.as_bytes()).into();
         if hex::encode(id) != w.id || id != ev.id {
             return false;
         }
-        let sig = Signature::from_slice(&hex::decode(&w.sig).unwrap()).unwrap();
-        let pk = XOnlyPublicKey::from_slice(&hex::decode(&w.pubkey).unwrap()).unwrap();
+        let mut sig = [0u8; 64];
+        hex::decode_to_slice(&w.sig, &mut sig).unwrap();
+        let sig = Signature::from_byte_array(sig);
+        let mut pk = [0u8; 32];
+        hex::decode_to_slice(&w.pubkey, &mut pk).unwrap();
+        let pk = XOnlyPublicKey::from_byte_array(pk).unwrap();
         secp256k1::schnorr::verify(&sig, &id, &pk).is_ok()
     }
 
@@ -571,7 +684,7 @@ mod tests {
         let content = "a\"b\\c\nd\re\tf\u{8}g\u{c}h\u{1}i\u{1f}j/é🎉\u{0}";
         let tags = vec![vec!["t".to_string(), "ü\"".to_string()]];
         let ev = sign(&kp, 1_700_000_000, 1, &tags, content);
-        let pk = hex::encode(kp.x_only_public_key().0.serialize());
+        let pk = hex::encode(kp.x_only_public_key().0.to_byte_array());
         // Hand-written NIP-01 serialization: the seven short escapes, \u00XX lowercase for other C0, verbatim otherwise.
         let expected = format!(
             "[0,\"{pk}\",1700000000,1,[[\"t\",\"ü\\\"\"]],\"a\\\"b\\\\c\\nd\\re\\tf\\bg\\fh\\u0001i\\u001fj/é🎉\\u0000\"]"
@@ -589,7 +702,10 @@ mod tests {
         let c = generate(&GenSpec { seed: 2, ..small() });
         assert_ne!(a[0].json, c[0].json);
         // The parallel chunking must not change the output: a shorter run is a prefix of a longer one.
-        let d = generate(&GenSpec { count: 300, ..small() });
+        let d = generate(&GenSpec {
+            count: 300,
+            ..small()
+        });
         assert!(d.iter().zip(&a).all(|(x, y)| x.json == y.json));
     }
 
@@ -600,7 +716,17 @@ mod tests {
             ..GenSpec::default()
         });
         let all: String = evs.iter().map(|e| e.json.as_str()).collect();
-        for needle in ["\\n", "\\\"", "\\\\", "\\t", "\\u0001", "é", "🎉", "wss://relay.example.com", "[\"t\","] {
+        for needle in [
+            "\\n",
+            "\\\"",
+            "\\\\",
+            "\\t",
+            "\\u0001",
+            "é",
+            "🎉",
+            "wss://relay.example.com",
+            "[\"t\",",
+        ] {
             assert!(all.contains(needle), "no {needle:?} in generated events");
         }
         for ev in &evs {
@@ -630,20 +756,29 @@ mod tests {
 
     #[test]
     fn jsonl_round_trips() {
-        let evs = generate(&GenSpec { count: 100, ..small() });
+        let evs = generate(&GenSpec {
+            count: 100,
+            ..small()
+        });
         let path = std::env::temp_dir().join(format!("bigbrotr-gen-{}.jsonl", std::process::id()));
         write_jsonl(&path, &evs).unwrap();
         let back = read_jsonl(&path).unwrap();
         std::fs::remove_file(&path).ok();
         assert_eq!(back.len(), evs.len());
         for (a, b) in evs.iter().zip(&back) {
-            assert_eq!((a.id, a.pubkey, a.created_at, a.kind, &a.json), (b.id, b.pubkey, b.created_at, b.kind, &b.json));
+            assert_eq!(
+                (a.id, a.pubkey, a.created_at, a.kind, &a.json),
+                (b.id, b.pubkey, b.created_at, b.kind, &b.json)
+            );
         }
     }
 
     #[test]
     fn fault_variants_are_well_formed_but_invalid() {
-        let ev = &generate(&GenSpec { count: 1, ..small() })[0];
+        let ev = &generate(&GenSpec {
+            count: 1,
+            ..small()
+        })[0];
         let bs = with_bad_sig(ev);
         assert_eq!(bs.id, ev.id);
         assert!(parse_event(&bs.json).is_ok());

@@ -14,9 +14,21 @@ pub use bigbrotr_stages as stages;
 use bigbrotr_stages::model::{Network, RelayUrl};
 use std::path::Path;
 
+/// An open archive. Keep it alive while the database is in use: when bigbrotr started the
+/// embedded cluster itself, dropping this stops it.
+pub struct Archive {
+    /// Writer pool.
+    pub pool: db::Pool,
+    /// The embedded cluster, when no database URL is configured.
+    pub embedded: Option<embedded_pg::EmbeddedPg>,
+    /// The connection string in use.
+    pub url: String,
+}
+
 /// Opens the archive: the configured database, or the embedded cluster when none is
 /// configured; applies pending migrations.
-pub async fn open_database(cfg: &config::Config) -> anyhow::Result<db::Pool> {
+pub async fn open_database(cfg: &config::Config) -> anyhow::Result<Archive> {
+    let mut embedded = None;
     let url = if cfg.database.url.is_empty() {
         let pg = embedded_pg::EmbeddedPg::start(
             &cfg.embedded.data_dir,
@@ -30,6 +42,7 @@ pub async fn open_database(cfg: &config::Config) -> anyhow::Result<db::Pool> {
             "embedded PostgreSQL running (data in {}); connect with: psql '{url}'",
             cfg.embedded.data_dir.display()
         );
+        embedded = Some(pg);
         url
     } else {
         cfg.database.url.clone()
@@ -39,7 +52,11 @@ pub async fn open_database(cfg: &config::Config) -> anyhow::Result<db::Pool> {
     if !applied.is_empty() {
         tracing::info!(?applied, "applied schema migrations");
     }
-    Ok(pool)
+    Ok(Archive {
+        pool,
+        embedded,
+        url,
+    })
 }
 
 /// Reads a relay list file: one URL per line, `#` comments; returns the normalized relays and

@@ -15,7 +15,7 @@ struct Cli {
     #[arg(long, short, global = true, env = "BIGBROTR_CONFIG")]
     config: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax, e.g. `info`, `bigbrotr=debug`).
-    #[arg(long, global = true, env = "BIGBROTR_LOG", default_value = "info")]
+    #[arg(long, global = true, env = "BIGBROTR_LOG", default_value = "info,tokio_postgres=warn")]
     log: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -131,7 +131,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
     let cfg = Config::load(cli.config.as_deref())?;
     match cli.cmd {
         Cmd::Init => {
-            let pool = bigbrotr::open_database(&cfg).await?;
+            let archive = bigbrotr::open_database(&cfg).await?;
+            let pool = archive.pool.clone();
             let (relays, refused) = bigbrotr::read_relay_list(&cfg.seeds.file, cfg.sync.allow_local)
                 .with_context(|| format!("key `seeds.file` in {}", source(&cfg)))?;
             let new = bigbrotr::register_relays(&pool, &relays).await?;
@@ -150,7 +151,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             until,
             quiet,
         } => {
-            let pool = bigbrotr::open_database(&cfg).await?;
+            let archive = bigbrotr::open_database(&cfg).await?;
+            let pool = archive.pool.clone();
             let mut urls = Vec::new();
             for r in &relays {
                 let u = RelayUrl::parse(r, cfg.sync.allow_local).map_err(|e| {
@@ -184,7 +186,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Cmd::Run => {
-            let pool = bigbrotr::open_database(&cfg).await?;
+            let archive = bigbrotr::open_database(&cfg).await?;
+            let pool = archive.pool.clone();
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             sync::stop_on_signals(stop_tx);
             sync::run_forever(&cfg, pool, Vec::new(), stop_rx).await?;
