@@ -126,6 +126,7 @@ impl Fail {
 struct WindowResult {
     emitted: u64,
     in_range: usize,
+    above: usize,
     total: usize,
     oldest: Option<i64>,
     oldest_ids: HashSet<[u8; 32]>,
@@ -350,10 +351,12 @@ impl Connector {
                     *limit = n;
                 }
             }
-            if w.in_range == 0 && w.total >= *limit {
+            if w.above > 0 && w.in_range < *limit && w.in_range + w.above >= *limit {
+                // The limit was spent on events newer than `until`: the relay ignores `until`,
+                // so nothing below this window can be paged. Keep the cursor where it is.
                 self.close_window(w.epoch, w.emitted, None);
                 return Err(Fail::Unsyncable(
-                    "relay answers outside the requested since/until".into(),
+                    "relay ignores `until` (answers with newer events than asked)".into(),
                 ));
             }
             let done = CursorState {
@@ -483,6 +486,9 @@ impl Connector {
                 };
                 if let Some((lo, u)) = range {
                     if ev.created_at < lo || ev.created_at > u {
+                        if ev.created_at > u {
+                            w.above += 1;
+                        }
                         stats.reject(Reason::OutOfRange);
                         return Action::None;
                     }

@@ -1,0 +1,163 @@
+//! Shared test harness: a real PostgreSQL (one throwaway cluster shared by every test process,
+//! a fresh database per test), configurations tuned for 127.0.0.1, and archive checks that
+//! re-verify stored events with an independent implementation (the `nostr` crate).
+#![allow(dead_code)]
+
+use bigbrotr::config::{Config, Timeouts};
+use bigbrotr::db::Pool;
+use bigbrotr::embedded_pg::EmbeddedPg;
+use bigbrotr::gen::GenEvent;
+use nostr::JsonUtil;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A fresh, migrated database on the shared test cluster.
+pub async fn test_db() -> (Pool, String) {
+    let pg = EmbeddedPg::shared_for_tests().await.expect("test cluster");
+    let url = pg.create_database("t").await.expect("create database");
+    let pool = bigbrotr::db::connect(&url, 6).await.expect("pool");
+    bigbrotr::db::migrate(&pool).await.expect("migrate");
+    (pool, url)
+}
+
+/// A configuration for local relays with short timeouts.
+pub fn config(url: &str) -> Config {
+    let mut c = Config::default();
+    c.database.url = url.to_string();
+    c.database.pool_size = 4;
+    c.sync.allow_local = true;
+    c.sync.max_failures = 4;
+    c.sync.limit = 500;
+    c.sync.timeouts.clearnet = Timeouts {
+        connect: 3.0,
+        idle: 2.0,
+        relay: 120.0,
+    };
+    c.pipeline.verify_threads = 2;
+    c.pipeline.pin_cores = false;
+    c.batch.max_age_ms = 50;
+    c
+}
+
+/// Parses a relay URL allowing local addresses.
+pub fn relay_url(s: &str) -> bigbrotr::stages::model::RelayUrl {
+    bigbrotr::stages::model::RelayUrl::parse(s, true).expect("relay url")
+}
+
+/// Ids (hex) in `events`.
+pub async fn event_ids(pool: &Pool) -> BTreeSet<String> {
+    let c = pool.get().await.expect("conn");
+    c.query("SELECT encode(id, 'hex') FROM events", &[])
+        .await
+        .expect("query")
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect()
+}
+
+/// (event id hex, relay url) rows in `events_relays`.
+pub async fn sightings(pool: &Pool) -> BTreeSet<(String, String)> {
+    let c = pool.get().await.expect("conn");
+    c.query(
+        "SELECT encode(event_id, 'hex'), relay_url FROM events_relays",
+        &[],
+    )
+    .await
+    .expect("query")
+    .iter()
+    .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+    .collect()
+}
+
+/// Sightings per relay.
+pub async fn sightings_by_relay(pool: &Pool) -> BTreeMap<String, i64> {
+    let c = pool.get().await.expect("conn");
+    c.query(
+        "SELECT relay_url, count(*) FROM events_relays GROUP BY relay_url",
+        &[],
+    )
+    .await
+    .expect("query")
+    .iter()
+    .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1)))
+    .collect()
+}
+
+/// Re-verifies every stored event with the `nostr` crate (id and signature); returns how many.
+pub async fn reverify_all(pool: &Pool) -> usize {
+    let c = pool.get().await.expect("conn");
+    let rows = c
+        .query(
+            "SELECT encode(id,'hex'), encode(pubkey,'hex'), created_at, kind, tags::text, content, encode(sig,'hex'), raw_canonical FROM events",
+            &[],
+        )
+        .await
+        .expect("query");
+    for r in &rows {
+        let id: String = r.get(0);
+        let raw: Option<String> = r.get(7);
+        let (tags, content): (serde_json::Value, String) = match raw {
+            Some(canonical) => {
+                use sha2::Digest;
+                let h = hex::encode(sha2::Sha256::digest(canonical.as_bytes()));
+                assert_eq!(h, id, "raw_canonical hashes to the id");
+                let v: serde_json::Value = serde_json::from_str(&canonical).expect("canonical json");
+                (v[4].clone(), v[5].as_str().expect("content").to_string())
+            }
+            None => (
+                serde_json::from_str(&r.get::<_, String>(4)).expect("tags"),
+                r.get(5),
+            ),
+        };
+        let json = serde_json::json!({
+            "id": id,
+            "pubkey": r.get::<_, String>(1),
+            "created_at": r.get::<_, i64>(2),
+            "kind": r.get::<_, i32>(3),
+            "tags": tags,
+            "content": content,
+            "sig": r.get::<_, String>(6),
+        });
+        let ev = nostr::Event::from_json(json.to_string()).expect("nostr parses stored event");
+        ev.verify().unwrap_or_else(|e| panic!("stored event {id} does not verify: {e}"));
+    }
+    rows.len()
+}
+
+/// Hex ids of generated events.
+pub fn ids(events: &[GenEvent]) -> BTreeSet<String> {
+    events.iter().map(|e| hex::encode(e.id)).collect()
+}
+
+/// A third-party relay (rust-nostr's relay builder) on 127.0.0.1 holding `events`.
+pub async fn nostr_relay(events: &[GenEvent]) -> nostr_relay_builder::LocalRelay {
+    use nostr_relay_builder::prelude::*;
+    let db = MemoryDatabase::with_opts(MemoryDatabaseOptions {
+        events: true,
+        max_events: None,
+    });
+    for e in events {
+        let ev = Event::from_json(&e.json).expect("nostr parses generated event");
+        db.save_event(&ev).await.expect("save");
+    }
+    let builder = RelayBuilder::default()
+        .addr(std::net::IpAddr::from([127, 0, 0, 1]))
+        .database(db);
+    let relay = LocalRelay::new(builder);
+    relay.run().await.expect("relay runs");
+    relay
+}
+
+/// Asserts two id sets are equal, reporting sizes and a few differences (never the whole set).
+pub fn assert_same_ids(got: &BTreeSet<String>, want: &BTreeSet<String>, what: &str) {
+    if got != want {
+        let missing: Vec<&String> = want.difference(got).take(3).collect();
+        let extra: Vec<&String> = got.difference(want).take(3).collect();
+        panic!(
+            "{what}: got {} ids, want {}; {} missing (e.g. {missing:?}), {} unexpected (e.g. {extra:?})",
+            got.len(),
+            want.len(),
+            want.difference(got).count(),
+            got.difference(want).count()
+        );
+    }
+}
