@@ -354,13 +354,41 @@ impl Config {
         let f = self.name();
         let checks: [(bool, &str, &str); 9] = [
             (self.sync.limit >= 1, "sync.limit", "must be at least 1"),
-            (self.sync.max_parallel >= 1, "sync.max_parallel", "must be at least 1"),
-            (self.batch.max_rows >= 1, "batch.max_rows", "must be at least 1"),
-            (self.pipeline.raw_channel >= 1, "pipeline.raw_channel", "must be at least 1"),
-            (self.pipeline.verified_channel >= 1, "pipeline.verified_channel", "must be at least 1"),
-            (self.pipeline.item_channel >= 1, "pipeline.item_channel", "must be at least 1"),
-            (self.pipeline.batch_channel >= 1, "pipeline.batch_channel", "must be at least 1"),
-            (self.database.pool_size >= 2, "database.pool_size", "must be at least 2"),
+            (
+                self.sync.max_parallel >= 1,
+                "sync.max_parallel",
+                "must be at least 1",
+            ),
+            (
+                self.batch.max_rows >= 1,
+                "batch.max_rows",
+                "must be at least 1",
+            ),
+            (
+                self.pipeline.raw_channel >= 1,
+                "pipeline.raw_channel",
+                "must be at least 1",
+            ),
+            (
+                self.pipeline.verified_channel >= 1,
+                "pipeline.verified_channel",
+                "must be at least 1",
+            ),
+            (
+                self.pipeline.item_channel >= 1,
+                "pipeline.item_channel",
+                "must be at least 1",
+            ),
+            (
+                self.pipeline.batch_channel >= 1,
+                "pipeline.batch_channel",
+                "must be at least 1",
+            ),
+            (
+                self.database.pool_size >= 2,
+                "database.pool_size",
+                "must be at least 2",
+            ),
             (
                 self.sync.max_event_bytes <= self.net.max_message_bytes,
                 "sync.max_event_bytes",
@@ -373,11 +401,17 @@ impl Config {
             }
         }
         if !self.net.socks5.is_empty() && !self.net.socks5.contains(':') {
-            bail!("{f}: key `net.socks5` must be host:port, got {:?}", self.net.socks5);
+            bail!(
+                "{f}: key `net.socks5` must be host:port, got {:?}",
+                self.net.socks5
+            );
         }
         for (i, o) in self.sync.overrides.iter().enumerate() {
             if let Err(e) = RelayUrl::parse(&o.url, true) {
-                bail!("{f}: key `sync.overrides[{i}].url`: {:?} is not a relay URL ({e})", o.url);
+                bail!(
+                    "{f}: key `sync.overrides[{i}].url`: {:?} is not a relay URL ({e})",
+                    o.url
+                );
             }
         }
         Ok(())
@@ -487,7 +521,10 @@ mod tests {
         let cfg = Config::parse(text, Path::new("x.toml")).expect("parse");
         let damus = RelayUrl::parse("wss://relay.damus.io", false).expect("url");
         let other = RelayUrl::parse("wss://nos.lol", false).expect("url");
-        assert_eq!(cfg.sync_for(&damus, true).idle_timeout, Duration::from_secs(99));
+        assert_eq!(
+            cfg.sync_for(&damus, true).idle_timeout,
+            Duration::from_secs(99)
+        );
         assert_eq!(cfg.sync_for(&damus, true).limit, 100);
         assert_eq!(cfg.sync_for(&other, true).limit, 500);
     }

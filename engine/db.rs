@@ -340,7 +340,10 @@ mod tests {
             mask_password("postgres://bb@db/archive?password=x&application_name=a"),
             "postgres://bb@db/archive?password=***&application_name=a"
         );
-        assert_eq!(mask_password("postgres://db/archive"), "postgres://db/archive");
+        assert_eq!(
+            mask_password("postgres://db/archive"),
+            "postgres://db/archive"
+        );
     }
 
     #[test]
@@ -353,7 +356,10 @@ mod tests {
             mask_password("host=db password = 'a b\\' c' dbname=x"),
             "host=db password = *** dbname=x"
         );
-        assert_eq!(mask_password("host=db PASSWORD=x\\ y"), "host=db PASSWORD=***");
+        assert_eq!(
+            mask_password("host=db PASSWORD=x\\ y"),
+            "host=db PASSWORD=***"
+        );
         assert_eq!(mask_password("host=/tmp port=5432"), "host=/tmp port=5432");
         assert_eq!(mask_password("password="), "password=***");
     }

@@ -96,6 +96,21 @@ pub async fn register_relays(pool: &db::Pool, relays: &[RelayUrl]) -> anyhow::Re
     db::insert_relays(pool, &rows, stages::model::now_secs()).await
 }
 
+/// Loads the seed relays into an empty registry (first start without `init`).
+pub async fn seed_if_empty(cfg: &config::Config, pool: &db::Pool) -> anyhow::Result<()> {
+    if !db::list_relays(pool).await?.is_empty() {
+        return Ok(());
+    }
+    match read_relay_list(&cfg.seeds.file, cfg.sync.allow_local) {
+        Ok((relays, _)) => {
+            let n = register_relays(pool, &relays).await?;
+            tracing::info!(new = n, file = %cfg.seeds.file.display(), "registry was empty: loaded the seed relays");
+        }
+        Err(e) => tracing::warn!(error = %e, "registry is empty and the seed list is unreadable (key `seeds.file`)"),
+    }
+    Ok(())
+}
+
 fn network_name(n: Network) -> &'static str {
     n.as_str()
 }

@@ -15,7 +15,12 @@ struct Cli {
     #[arg(long, short, global = true, env = "BIGBROTR_CONFIG")]
     config: Option<PathBuf>,
     /// Log filter (tracing EnvFilter syntax, e.g. `info`, `bigbrotr=debug`).
-    #[arg(long, global = true, env = "BIGBROTR_LOG", default_value = "info,tokio_postgres=warn")]
+    #[arg(
+        long,
+        global = true,
+        env = "BIGBROTR_LOG",
+        default_value = "info,tokio_postgres=warn"
+    )]
     log: String,
     #[command(subcommand)]
     cmd: Cmd,
@@ -92,7 +97,10 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -133,8 +141,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Init => {
             let archive = bigbrotr::open_database(&cfg).await?;
             let pool = archive.pool.clone();
-            let (relays, refused) = bigbrotr::read_relay_list(&cfg.seeds.file, cfg.sync.allow_local)
-                .with_context(|| format!("key `seeds.file` in {}", source(&cfg)))?;
+            let (relays, refused) =
+                bigbrotr::read_relay_list(&cfg.seeds.file, cfg.sync.allow_local)
+                    .with_context(|| format!("key `seeds.file` in {}", source(&cfg)))?;
             let new = bigbrotr::register_relays(&pool, &relays).await?;
             println!(
                 "schema ready; {} seed relays read from {} ({} new in the registry, {} lines refused)",
@@ -172,6 +181,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             sync::stop_on_signals(stop_tx);
             if once {
                 if urls.is_empty() {
+                    bigbrotr::seed_if_empty(&cfg, &pool).await?;
                     urls = registry(&pool, &cfg).await?;
                 }
                 let opts = SyncOptions {
@@ -188,6 +198,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Run => {
             let archive = bigbrotr::open_database(&cfg).await?;
             let pool = archive.pool.clone();
+            bigbrotr::seed_if_empty(&cfg, &pool).await?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             sync::stop_on_signals(stop_tx);
             sync::run_forever(&cfg, pool, Vec::new(), stop_rx).await?;

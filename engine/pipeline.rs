@@ -59,7 +59,12 @@ impl Pipeline {
         let (cursor_tx, cursor_rx) = flume::unbounded::<Relay>();
         let (stop_tx, _) = watch::channel(false);
 
-        let pool_v = verify::spawn(&cfg.verify(), raw_rx.clone(), verified_tx, cursor_tx.clone());
+        let pool_v = verify::spawn(
+            &cfg.verify(),
+            raw_rx.clone(),
+            verified_tx,
+            cursor_tx.clone(),
+        );
         let dedupe = Dedupe::new(p.dedupe_capacity);
         let dedupe_stats = dedupe.stats.clone();
         let sink_stats = Arc::new(SinkStats::default());
@@ -67,10 +72,20 @@ impl Pipeline {
         let tasks = vec![
             tokio::spawn(dedupe.run(verified_rx.clone(), item_tx)),
             tokio::spawn(batch::run(cfg.batch(), item_rx.clone(), batch_tx)),
-            tokio::spawn(sink::run(pool, batch_rx.clone(), cursor_rx, sink_stats.clone())),
+            tokio::spawn(sink::run(
+                pool,
+                batch_rx.clone(),
+                cursor_rx,
+                sink_stats.clone(),
+            )),
         ];
 
-        let caps = (p.raw_channel, p.verified_channel, p.item_channel, p.batch_channel);
+        let caps = (
+            p.raw_channel,
+            p.verified_channel,
+            p.item_channel,
+            p.batch_channel,
+        );
         let depths = Arc::new(move || {
             vec![
                 ("raw", raw_rx.len(), caps.0),

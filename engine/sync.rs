@@ -100,7 +100,11 @@ impl SyncReport {
                 Outcome::Cancelled => "cancelled".to_string(),
                 Outcome::GaveUp(why) => format!("gave up: {why}"),
             };
-            let rej: Vec<String> = r.rejections.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let rej: Vec<String> = r
+                .rejections
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             s.push_str(&format!(
                 "  {}: {outcome}; received {} kept {} (refetched {}, {} REQs){}\n",
                 r.url,
@@ -197,10 +201,17 @@ async fn wait_signal() {
     }
 }
 
-fn progress_line(start: Instant, pipeline: &crate::pipeline::Stats, done: usize, total: usize, last: &mut (u64, Instant)) -> String {
+fn progress_line(
+    start: Instant,
+    pipeline: &crate::pipeline::Stats,
+    done: usize,
+    total: usize,
+    last: &mut (u64, Instant),
+) -> String {
     let kept = pipeline.sink.events_inserted.load(Relaxed);
     let now = Instant::now();
-    let rate = (kept - last.0.min(kept)) as f64 / now.duration_since(last.1).as_secs_f64().max(1e-3);
+    let rate =
+        (kept - last.0.min(kept)) as f64 / now.duration_since(last.1).as_secs_f64().max(1e-3);
     *last = (kept, now);
     let seen = pipeline.verify.verified.load(Relaxed) + pipeline.verify.skipped.load(Relaxed);
     format!(
@@ -281,7 +292,10 @@ pub async fn sync_once(
     });
     let mut outcomes = Vec::new();
     for h in handles {
-        outcomes.push(h.await.unwrap_or(Outcome::GaveUp("connector panicked".into())));
+        outcomes.push(
+            h.await
+                .unwrap_or(Outcome::GaveUp("connector panicked".into())),
+        );
     }
     let stats = pipeline.stats.clone();
     pipeline.finish().await;
@@ -354,7 +368,8 @@ pub async fn run_forever(
         });
         for url in urls {
             let key = url.to_string();
-            if running.contains_key(&key) || next_at.get(&key).is_some_and(|t| *t > Instant::now()) {
+            if running.contains_key(&key) || next_at.get(&key).is_some_and(|t| *t > Instant::now())
+            {
                 continue;
             }
             if url.network().is_overlay() && cfg.net.socks5.is_empty() {

@@ -69,10 +69,8 @@ impl ToSql for Jsonb<'_> {
 fn strip_nul_json(json: &str) -> String {
     fn walk(v: &mut serde_json::Value) {
         match v {
-            serde_json::Value::String(s) => {
-                if s.contains('\0') {
-                    *s = s.replace('\0', "\u{FFFD}");
-                }
+            serde_json::Value::String(s) if s.contains('\0') => {
+                *s = s.replace('\0', "\u{FFFD}");
             }
             serde_json::Value::Array(a) => a.iter_mut().for_each(walk),
             serde_json::Value::Object(o) => o.values_mut().for_each(walk),
@@ -240,7 +238,8 @@ fn acknowledge(batch: &Batch) -> Vec<Relay> {
     touched.into_values().collect()
 }
 
-type Conn<'a> = bb8::PooledConnection<'a, bb8_postgres::PostgresConnectionManager<tokio_postgres::NoTls>>;
+type Conn<'a> =
+    bb8::PooledConnection<'a, bb8_postgres::PostgresConnectionManager<tokio_postgres::NoTls>>;
 
 async fn flush_cursors(pool: &Pool, relays: &[Relay], stats: &SinkStats) {
     for relay in relays {
@@ -250,7 +249,9 @@ async fn flush_cursors(pool: &Pool, relays: &[Relay], stats: &SinkStats) {
         let mut delay = Duration::from_millis(100);
         loop {
             let res = match pool.get().await {
-                Ok(c) => write_cursor(&c, relay, &state).await.map_err(|e| e.to_string()),
+                Ok(c) => write_cursor(&c, relay, &state)
+                    .await
+                    .map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),
             };
             match res {
@@ -309,7 +310,9 @@ async fn commit_with_retry(pool: &Pool, batch: &Batch, stats: &SinkStats) {
         };
         match res {
             Ok((events, sightings)) => {
-                stats.write_ns.fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+                stats
+                    .write_ns
+                    .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
                 stats.batches.fetch_add(1, Relaxed);
                 stats.events_inserted.fetch_add(events, Relaxed);
                 stats.sightings_inserted.fetch_add(sightings, Relaxed);

@@ -79,7 +79,8 @@ async fn assert_cursor_honest(pool: &bigbrotr::db::Pool, relay: &str, events: &[
         .collect();
     let missing = claimed.difference(&archived).count();
     assert_eq!(
-        missing, 0,
+        missing,
+        0,
         "cursor {st:?} claims {} events but {missing} of them are not archived",
         claimed.len()
     );
@@ -111,11 +112,24 @@ async fn kill_9_and_restart_ends_with_the_same_archive() {
         let _ = child.wait();
         assert_cursor_honest(&pool, &url, &events).await;
     }
-    let out = spawn_sync(&cfg, &url).wait_with_output().expect("final run");
-    assert!(out.status.success(), "final run failed: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(killed_mid_run >= 2, "the runs finished before they could be killed");
+    let out = spawn_sync(&cfg, &url)
+        .wait_with_output()
+        .expect("final run");
+    assert!(
+        out.status.success(),
+        "final run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        killed_mid_run >= 2,
+        "the runs finished before they could be killed"
+    );
 
-    assert_same_ids(&event_ids(&pool).await, &ids(&events), "archive after kills");
+    assert_same_ids(
+        &event_ids(&pool).await,
+        &ids(&events),
+        "archive after kills",
+    );
     let s = sightings(&pool).await;
     assert_eq!(s.len(), events.len(), "exactly one sighting per event");
     assert!(s.iter().all(|(_, r)| r == &url));
@@ -130,8 +144,14 @@ async fn kill_9_and_restart_ends_with_the_same_archive() {
         .await
         .expect("cursor row")
         .get(0);
-    assert!(payload["synced_until"].is_i64(), "synced to the end: {payload}");
-    assert!(payload["pending"].is_null(), "no walk left pending: {payload}");
+    assert!(
+        payload["synced_until"].is_i64(),
+        "synced to the end: {payload}"
+    );
+    assert!(
+        payload["pending"].is_null(),
+        "no walk left pending: {payload}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,13 +176,25 @@ async fn sigterm_drains_and_exits_cleanly() {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
     let out = child.wait_with_output().expect("wait");
-    assert!(out.status.success(), "exit after SIGTERM: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "exit after SIGTERM: {:?} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_cursor_honest(&pool, &url, &events).await;
     let partial = event_ids(&pool).await.len();
 
     let out = spawn_sync(&cfg, &url).wait_with_output().expect("resume");
     assert!(out.status.success());
-    assert_same_ids(&event_ids(&pool).await, &ids(&events), "archive after resume");
+    assert_same_ids(
+        &event_ids(&pool).await,
+        &ids(&events),
+        "archive after resume",
+    );
     assert_eq!(sightings(&pool).await.len(), events.len());
-    eprintln!("archived {partial} events before SIGTERM, all {} after resume", events.len());
+    eprintln!(
+        "archived {partial} events before SIGTERM, all {} after resume",
+        events.len()
+    );
 }

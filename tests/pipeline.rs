@@ -26,9 +26,15 @@ async fn archives_everything_from_a_third_party_relay_once() {
     let url = relay.url().await.to_string();
     let (pool, db) = test_db().await;
     let cfg = config(&db);
-    let report = sync_once(&cfg, pool.clone(), vec![relay_url(&url)], &SyncOptions::default(), None)
-        .await
-        .expect("sync");
+    let report = sync_once(
+        &cfg,
+        pool.clone(),
+        vec![relay_url(&url)],
+        &SyncOptions::default(),
+        None,
+    )
+    .await
+    .expect("sync");
     print!("{}", report.render());
     assert_same_ids(&event_ids(&pool).await, &ids(&events), "archive");
     let by_relay = sightings_by_relay(&pool).await;
@@ -45,9 +51,15 @@ async fn archives_everything_from_a_third_party_relay_once() {
     assert_eq!(reverify_all(&pool).await, 100_000);
 
     // A second pass starts from the committed cursor: nothing new, almost nothing re-read.
-    let again = sync_once(&cfg, pool.clone(), vec![relay_url(&url)], &SyncOptions::default(), None)
-        .await
-        .expect("sync again");
+    let again = sync_once(
+        &cfg,
+        pool.clone(),
+        vec![relay_url(&url)],
+        &SyncOptions::default(),
+        None,
+    )
+    .await
+    .expect("sync again");
     assert_eq!(again.events_inserted, 0);
     assert!(again.relays[0].received < 100, "{}", again.render());
 }

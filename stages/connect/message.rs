@@ -47,7 +47,10 @@ pub fn parse<'a>(v: &'a Value<'a>) -> Option<RelayMsg<'a>> {
         "AUTH" => RelayMsg::Auth(s(a.get(1)).unwrap_or("")),
         "OK" => RelayMsg::Ok(
             s(a.get(1)).unwrap_or(""),
-            matches!(a.get(2), Some(Value::Static(simd_json::StaticNode::Bool(true)))),
+            matches!(
+                a.get(2),
+                Some(Value::Static(simd_json::StaticNode::Bool(true)))
+            ),
             s(a.get(3)).unwrap_or(""),
         ),
         other => RelayMsg::Other(other),

@@ -274,7 +274,9 @@ impl Connector {
                     let _ = sess.ws.close(None).await;
                     return Outcome::Cancelled;
                 }
-                Err(Fail::AuthRequired(m)) => return Outcome::GaveUp(format!("auth-required: {m}")),
+                Err(Fail::AuthRequired(m)) => {
+                    return Outcome::GaveUp(format!("auth-required: {m}"))
+                }
                 Err(Fail::Unsyncable(m)) => return Outcome::GaveUp(m),
                 Err(e) => {
                     failures += 1;
@@ -384,10 +386,7 @@ impl Connector {
                 }
                 *pos = CursorState {
                     synced_until: pos.synced_until,
-                    pending: Some(Pending {
-                        end,
-                        until: next_u,
-                    }),
+                    pending: Some(Pending { end, until: next_u }),
                 };
                 self.close_window(w.epoch, w.emitted, Some(*pos));
                 u = next_u;
@@ -569,7 +568,9 @@ impl Connector {
             self.close_window(w.epoch, 0, None);
             return Err(e);
         }
-        let res = self.read_until_eose(sess, &sub, lo, u, boundary, &mut w).await;
+        let res = self
+            .read_until_eose(sess, &sub, lo, u, boundary, &mut w)
+            .await;
         if let Err(e) = res {
             self.close_window(w.epoch, w.emitted, None);
             return Err(e);
@@ -672,7 +673,9 @@ impl Connector {
             };
             let mut w = WindowResult::default();
             let action = match &msg {
-                Message::Text(t) => self.handle_frame(sess, t.as_bytes(), &sub, None, &empty, &mut w),
+                Message::Text(t) => {
+                    self.handle_frame(sess, t.as_bytes(), &sub, None, &empty, &mut w)
+                }
                 Message::Binary(b) => self.handle_frame(sess, b, &sub, None, &empty, &mut w),
                 Message::Close(_) => break Err(Fail::Io("relay closed the connection".into())),
                 _ => Action::None,

@@ -63,7 +63,11 @@ fn install_crypto() {
 }
 
 /// Opens a WebSocket to `url` within `timeout`.
-pub async fn connect(url: &RelayUrl, cfg: &TransportConfig, timeout: Duration) -> Result<Ws, String> {
+pub async fn connect(
+    url: &RelayUrl,
+    cfg: &TransportConfig,
+    timeout: Duration,
+) -> Result<Ws, String> {
     install_crypto();
     let (host, port) = url.host_port().ok_or_else(|| "no host/port".to_string())?;
     let fut = async {
@@ -74,7 +78,10 @@ pub async fn connect(url: &RelayUrl, cfg: &TransportConfig, timeout: Duration) -
                     .map_err(|e| format!("socks5 {proxy}: {e}"))?,
             ),
             (None, true) if url.network().is_overlay() => {
-                return Err(format!("{} needs a SOCKS5 proxy (net.socks5)", url.network().as_str()))
+                return Err(format!(
+                    "{} needs a SOCKS5 proxy (net.socks5)",
+                    url.network().as_str()
+                ))
             }
             _ => {
                 let s = tokio::net::TcpStream::connect((host.as_str(), port))

@@ -140,7 +140,9 @@ impl<'a> EventRef<'a> {
         scratch.clear();
         canonical::write_tags(scratch, self.tag_strs());
         // write_tags only emits valid UTF-8 (escaped copies of &str), so this cannot fail.
-        let tags_json = String::from_utf8_lossy(scratch).into_owned().into_boxed_str();
+        let tags_json = String::from_utf8_lossy(scratch)
+            .into_owned()
+            .into_boxed_str();
         Event {
             id: self.id,
             pubkey: self.pubkey,
@@ -256,9 +258,15 @@ mod tests {
     #[test]
     fn rejects_bad_shapes() {
         let bad = EV.replace("\"kind\":1", "\"kind\":70000");
-        assert_eq!(Event::parse_json(bad.as_bytes()), Err(ParseError::BadNumber));
+        assert_eq!(
+            Event::parse_json(bad.as_bytes()),
+            Err(ParseError::BadNumber)
+        );
         let bad = EV.replace("\"kind\":1", "\"kind\":\"1\"");
-        assert_eq!(Event::parse_json(bad.as_bytes()), Err(ParseError::Malformed));
+        assert_eq!(
+            Event::parse_json(bad.as_bytes()),
+            Err(ParseError::Malformed)
+        );
         let bad = EV.replace("[\"p\",", "[1,");
         assert_eq!(Event::parse_json(bad.as_bytes()), Err(ParseError::BadTags));
         let bad = EV.replace("\"id\":\"4376", "\"id\":\"zz76");

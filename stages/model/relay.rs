@@ -86,7 +86,9 @@ fn is_local_ip(ip: IpAddr) -> bool {
                 || v6.is_unspecified()
                 || (v6.segments()[0] & 0xfe00) == 0xfc00
                 || (v6.segments()[0] & 0xffc0) == 0xfe80
-                || v6.to_ipv4_mapped().is_some_and(|v4| is_local_ip(IpAddr::V4(v4)))
+                || v6
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| is_local_ip(IpAddr::V4(v4)))
         }
     }
 }
@@ -220,22 +222,36 @@ mod tests {
     use proptest::prelude::*;
 
     fn n(s: &str) -> String {
-        RelayUrl::parse(s, true).map(|u| u.to_string()).unwrap_or_else(|e| format!("ERR {e}"))
+        RelayUrl::parse(s, true)
+            .map(|u| u.to_string())
+            .unwrap_or_else(|e| format!("ERR {e}"))
     }
 
     #[test]
     fn normalizes() {
         assert_eq!(n("WSS://Relay.Damus.IO/"), "wss://relay.damus.io");
         assert_eq!(n("wss://relay.damus.io:443"), "wss://relay.damus.io");
-        assert_eq!(n("ws://relay.example.com:80/path//"), "ws://relay.example.com/path");
-        assert_eq!(n("wss://relay.example.com./?x=1#f"), "wss://relay.example.com");
+        assert_eq!(
+            n("ws://relay.example.com:80/path//"),
+            "ws://relay.example.com/path"
+        );
+        assert_eq!(
+            n("wss://relay.example.com./?x=1#f"),
+            "wss://relay.example.com"
+        );
         assert_eq!(n("wss://bücher.example"), "wss://xn--bcher-kva.example");
         assert_eq!(n("ws://[0:0:0:0:0:0:0:1]:7777"), "ws://[::1]:7777");
         assert_eq!(n("https://x.com"), "ERR scheme is not ws or wss");
         let tor = RelayUrl::parse("ws://abc.onion", false).expect("tor");
         assert_eq!(tor.network(), Network::Tor);
-        assert_eq!(RelayUrl::parse("ws://127.0.0.1:1", false), Err(UrlError::Local));
-        assert_eq!(RelayUrl::parse("ws://10.1.2.3", false), Err(UrlError::Local));
+        assert_eq!(
+            RelayUrl::parse("ws://127.0.0.1:1", false),
+            Err(UrlError::Local)
+        );
+        assert_eq!(
+            RelayUrl::parse("ws://10.1.2.3", false),
+            Err(UrlError::Local)
+        );
         assert_eq!(
             RelayUrl::parse("ws://127.0.0.1:1", true).map(|u| u.network()),
             Ok(Network::Local)

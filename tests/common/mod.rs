@@ -100,7 +100,8 @@ pub async fn reverify_all(pool: &Pool) -> usize {
                 use sha2::Digest;
                 let h = hex::encode(sha2::Sha256::digest(canonical.as_bytes()));
                 assert_eq!(h, id, "raw_canonical hashes to the id");
-                let v: serde_json::Value = serde_json::from_str(&canonical).expect("canonical json");
+                let v: serde_json::Value =
+                    serde_json::from_str(&canonical).expect("canonical json");
                 (v[4].clone(), v[5].as_str().expect("content").to_string())
             }
             None => (
@@ -118,7 +119,8 @@ pub async fn reverify_all(pool: &Pool) -> usize {
             "sig": r.get::<_, String>(6),
         });
         let ev = nostr::Event::from_json(json.to_string()).expect("nostr parses stored event");
-        ev.verify().unwrap_or_else(|e| panic!("stored event {id} does not verify: {e}"));
+        ev.verify()
+            .unwrap_or_else(|e| panic!("stored event {id} does not verify: {e}"));
     }
     rows.len()
 }
