@@ -6,6 +6,7 @@ pub mod db;
 pub mod embedded_pg;
 pub mod gen;
 pub mod pipeline;
+pub mod state;
 pub mod sync;
 pub mod testrelay;
 

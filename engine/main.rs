@@ -192,7 +192,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 let report = sync::sync_once(&cfg, pool, urls, &opts, Some(stop_rx)).await?;
                 print!("{}", report.render());
             } else {
-                sync::run_forever(&cfg, pool, urls, stop_rx).await?;
+                sync::run_forever(&cfg, pool, urls, stop_rx, |_| {}).await?;
             }
         }
         Cmd::Run => {
@@ -201,7 +201,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             bigbrotr::seed_if_empty(&cfg, &pool).await?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             sync::stop_on_signals(stop_tx);
-            sync::run_forever(&cfg, pool, Vec::new(), stop_rx).await?;
+            sync::run_forever(&cfg, pool, Vec::new(), stop_rx, |_| {}).await?;
         }
         Cmd::Db { cmd } => {
             if !cfg.database.url.is_empty() {

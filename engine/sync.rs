@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::db::Pool;
 use crate::pipeline::Pipeline;
+use crate::state::EngineState;
 use bigbrotr_stages::connect::Outcome;
 use bigbrotr_stages::model::{CursorState, Relay, RelayCtx, RelayUrl};
 use bigbrotr_stages::sink::CURSOR_SERVICE;
@@ -327,9 +328,13 @@ pub async fn run_forever(
     pool: Pool,
     explicit: Vec<RelayUrl>,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    on_start: impl FnOnce(Arc<EngineState>),
 ) -> anyhow::Result<()> {
     let cursors = load_cursors(&pool).await?;
     let pipeline = Pipeline::start(cfg, pool.clone());
+    let state = Arc::new(EngineState::new(pipeline.stats.clone()));
+    state.ready.store(true, Relaxed);
+    on_start(state.clone());
     let p_stop = pipeline.stop_sender();
     let sem = Arc::new(Semaphore::new(cfg.sync.max_parallel));
     let mut ctxs: HashMap<String, Relay> = HashMap::new();
@@ -366,6 +371,9 @@ pub async fn run_forever(
                 true
             }
         });
+        if let Ok(mut r) = state.running.write() {
+            *r = running.keys().cloned().collect();
+        }
         for url in urls {
             let key = url.to_string();
             if running.contains_key(&key) || next_at.get(&key).is_some_and(|t| *t > Instant::now())
@@ -378,7 +386,12 @@ pub async fn run_forever(
             let ctx = ctxs
                 .entry(key.clone())
                 .or_insert_with(|| {
-                    RelayCtx::new(url.clone(), cursors.get(&key).copied().unwrap_or_default())
+                    let ctx =
+                        RelayCtx::new(url.clone(), cursors.get(&key).copied().unwrap_or_default());
+                    if let Ok(mut m) = state.relays.write() {
+                        m.insert(key.clone(), ctx.clone());
+                    }
+                    ctx
                 })
                 .clone();
             let conn = pipeline.connector(ctx, Arc::new(cfg.sync_for(&url, false)));
@@ -392,6 +405,7 @@ pub async fn run_forever(
             );
         }
     }
+    state.ready.store(false, Relaxed);
     let _ = p_stop.send(true);
     for (_, h) in running {
         let _ = h.await;
