@@ -28,6 +28,8 @@ pub struct Config {
     pub net: Net,
     /// Seed relay list.
     pub seeds: Seeds,
+    /// Health, readiness, metrics and the read-only REST API.
+    pub http: Http,
     /// The file this was read from (for error messages).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -262,6 +264,34 @@ impl Default for Net {
     }
 }
 
+/// `[http]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// `host:port` to serve /health, /ready, /metrics and the API on; empty = no HTTP server.
+    pub listen: String,
+    /// Serve the read-only REST API and /openapi.json (health and metrics are always served).
+    pub api: bool,
+    /// Largest `limit` an API request may ask for (larger ones are capped).
+    pub max_limit: u32,
+    /// `statement_timeout` of the API's database connections, in milliseconds.
+    pub statement_timeout_ms: u64,
+    /// Connection string for the API; empty = the archive's server as role `bigbrotr_reader`.
+    pub readonly_database_url: String,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Http {
+            listen: String::new(),
+            api: true,
+            max_limit: 500,
+            statement_timeout_ms: 5000,
+            readonly_database_url: String::new(),
+        }
+    }
+}
+
 /// `[seeds]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -343,6 +373,9 @@ impl Config {
         if let Ok(v) = std::env::var("BIGBROTR_SEEDS") {
             self.seeds.file = PathBuf::from(v);
         }
+        if let Ok(v) = std::env::var("BIGBROTR_HTTP_LISTEN") {
+            self.http.listen = v;
+        }
         if let Ok(v) = std::env::var("BIGBROTR_ALLOW_LOCAL") {
             self.sync.allow_local = matches!(v.as_str(), "1" | "true" | "yes");
         }
@@ -405,6 +438,17 @@ impl Config {
                 "{f}: key `net.socks5` must be host:port, got {:?}",
                 self.net.socks5
             );
+        }
+        if !self.http.listen.is_empty()
+            && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            bail!(
+                "{f}: key `http.listen` must be ip:port (e.g. \"127.0.0.1:8080\") or empty, got {:?}",
+                self.http.listen
+            );
+        }
+        if self.http.max_limit == 0 {
+            bail!("{f}: key `http.max_limit` must be at least 1");
         }
         for (i, o) in self.sync.overrides.iter().enumerate() {
             if let Err(e) = RelayUrl::parse(&o.url, true) {

@@ -1,10 +1,12 @@
 //! bigbrotr engine: CLI support, configuration, pipeline wiring and supervision, database
 //! pool and migrations, the embedded PostgreSQL, and the test/bench relay.
 
+pub mod bench;
 pub mod config;
 pub mod db;
 pub mod embedded_pg;
 pub mod gen;
+pub mod http;
 pub mod pipeline;
 pub mod state;
 pub mod sync;

@@ -50,6 +50,36 @@ enum Cmd {
     },
     /// Long-running service: keep every registry relay synced (backfill, then live).
     Run,
+    /// End-to-end ingestion benchmark on local relays (no network needed).
+    Bench {
+        /// Distinct events in the corpus.
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Relays serving them (each in its own process).
+        #[arg(long, default_value_t = 8)]
+        relays: usize,
+        /// Fraction of the corpus every relay holds beyond its own share (0 = disjoint, 1 = all relays hold everything).
+        #[arg(long, default_value_t = 0.0)]
+        overlap: f64,
+        /// Kinds to generate (comma-separated).
+        #[arg(long, value_delimiter = ',', default_value = "1,7,0,3,10002,30023")]
+        kinds: Vec<u16>,
+        /// Content size range in bytes, MIN-MAX.
+        #[arg(long, default_value = "20-400")]
+        content: String,
+        /// Corpus seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Directory for the cached corpus and the bench cluster.
+        #[arg(long, default_value = "data/bench")]
+        dir: PathBuf,
+        /// Benchmark against this server (a fresh database is created on it) instead of the embedded cluster.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Print the report as JSON too.
+        #[arg(long)]
+        json: bool,
+    },
     /// The embedded PostgreSQL cluster.
     Db {
         #[command(subcommand)]
@@ -224,6 +254,38 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     pg.stop().await?;
                     println!("embedded PostgreSQL stopped");
                 }
+            }
+        }
+        Cmd::Bench {
+            events,
+            relays,
+            overlap,
+            kinds,
+            content,
+            seed,
+            dir,
+            database_url,
+            json,
+        } => {
+            let (lo, hi) = content
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)))
+                .ok_or_else(|| anyhow::anyhow!("--content {content}: expected MIN-MAX bytes"))?;
+            let spec = bigbrotr::bench::BenchSpec {
+                events,
+                relays,
+                overlap: overlap.clamp(0.0, 1.0),
+                kinds,
+                content: (lo, hi),
+                seed,
+                dir,
+                database_url,
+                keep: false,
+            };
+            let report = bigbrotr::bench::run(&cfg, &spec).await?;
+            print!("{}", report.render(&spec));
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
             }
         }
         Cmd::Testrelay { .. } | Cmd::Gen { .. } => {}

@@ -64,6 +64,12 @@ pub struct SyncReport {
     pub verified: u64,
     /// Signatures skipped in total.
     pub verify_skipped: u64,
+    /// Time the verify threads spent working, summed over threads.
+    pub verify_busy: Duration,
+    /// Time the sink spent in COPY + INSERT + commit.
+    pub sink_write: Duration,
+    /// Batches committed.
+    pub batches: u64,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -316,6 +322,9 @@ pub async fn sync_once(
         sightings_inserted: stats.sink.sightings_inserted.load(Relaxed),
         verified: stats.verify.verified.load(Relaxed),
         verify_skipped: stats.verify.skipped.load(Relaxed),
+        verify_busy: Duration::from_nanos(stats.verify.busy_ns.load(Relaxed)),
+        sink_write: Duration::from_nanos(stats.sink.write_ns.load(Relaxed)),
+        batches: stats.sink.batches.load(Relaxed),
         elapsed: start.elapsed(),
     })
 }

@@ -1,0 +1,374 @@
+//! `bigbrotr bench`: a self-contained end-to-end ingestion benchmark that needs no network.
+//!
+//! It generates validly signed events (cached on disk, signing is the slow part), starts
+//! local relays in their own processes (`bigbrotr testrelay`), archives them into PostgreSQL
+//! (a fresh database on the embedded cluster, or on a given server), checks the result in the
+//! database, and reports throughput next to this machine's verify limit measured in the same
+//! run.
+
+use crate::config::Config;
+use crate::gen::{self, GenEvent, GenSpec};
+use crate::sync::{sync_once, SyncOptions};
+use anyhow::{bail, Context};
+use bigbrotr_stages::model::{Event, RelayUrl};
+use bigbrotr_stages::verify::{SeenSet, Verifier};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What to benchmark.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    /// Distinct events in the corpus.
+    pub events: usize,
+    /// Relays serving them.
+    pub relays: usize,
+    /// Fraction of the corpus every relay holds besides its own share (0 = disjoint shares,
+    /// 1 = every relay holds every event).
+    pub overlap: f64,
+    /// Kinds to generate.
+    pub kinds: Vec<u16>,
+    /// Content size range in bytes.
+    pub content: (usize, usize),
+    /// Seed of the corpus.
+    pub seed: u64,
+    /// Where corpora and the bench cluster live.
+    pub dir: PathBuf,
+    /// Use this server instead of the embedded cluster (a fresh database is created on it).
+    pub database_url: Option<String>,
+    /// Keep the bench database afterwards.
+    pub keep: bool,
+}
+
+/// Measured figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BenchReport {
+    /// Distinct events archived (checked in the database).
+    pub events: u64,
+    /// EVENT frames received from all relays.
+    pub frames: u64,
+    /// Wall time of the sync pass.
+    pub seconds: f64,
+    /// Distinct events kept per second.
+    pub events_per_sec: f64,
+    /// Frames received per second.
+    pub frames_per_sec: f64,
+    /// Schnorr verifications per second on one core, measured in this run.
+    pub verify_per_core: f64,
+    /// Cores available to this process.
+    pub cores: usize,
+    /// verify_per_core × cores.
+    pub verify_limit: f64,
+    /// events_per_sec ÷ verify_limit.
+    pub ratio: f64,
+    /// Peak resident memory of the engine (this process), MiB.
+    pub peak_rss_mib: f64,
+    /// Seconds the verify threads were busy (summed).
+    pub verify_busy_s: f64,
+    /// Seconds the sink spent writing (COPY + INSERT + commit).
+    pub sink_write_s: f64,
+    /// Events received ÷ events kept, per relay.
+    pub overfetch: Vec<(String, f64)>,
+    /// Signatures verified / skipped as already seen.
+    pub verified: u64,
+    /// Signatures skipped.
+    pub skipped: u64,
+}
+
+impl BenchReport {
+    /// Human-readable report.
+    pub fn render(&self, spec: &BenchSpec) -> String {
+        let mut s = format!(
+            "bench: {} events, {} relays, overlap {:.2}\n\
+             kept      {:>12.0} events/s  ({} events in {:.2}s)\n\
+             received  {:>12.0} frames/s  ({} frames)\n\
+             verify limit {:>9.0} sig/s  ({:.0} sig/s/core × {} cores, same run)\n\
+             ratio     {:>12.2}  (kept ÷ verify limit)\n\
+             signatures verified {} / skipped {}\n\
+             peak RSS  {:>12.1} MiB\n\
+             stage time: verify busy {:.2}s (summed over threads), sink write {:.2}s\n",
+            spec.events,
+            spec.relays,
+            spec.overlap,
+            self.events_per_sec,
+            self.events,
+            self.seconds,
+            self.frames_per_sec,
+            self.frames,
+            self.verify_limit,
+            self.verify_per_core,
+            self.cores,
+            self.ratio,
+            self.verified,
+            self.skipped,
+            self.peak_rss_mib,
+            self.verify_busy_s,
+            self.sink_write_s,
+        );
+        let worst = self
+            .overfetch
+            .iter()
+            .map(|(_, r)| *r)
+            .fold(0.0f64, f64::max);
+        s.push_str(&format!("over-fetch (received ÷ kept) worst relay {worst:.4}\n"));
+        s
+    }
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`).
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Single-core schnorr verifications per second over `events` (all distinct, none cached).
+pub fn measure_verify_per_core(events: &[Event]) -> f64 {
+    let seen = Arc::new(SeenSet::new(events.len() * 2 + 1024));
+    let mut v = Verifier::new(seen, rand::random(), 65_536);
+    let t = Instant::now();
+    let mut ok = 0u64;
+    for e in events {
+        if matches!(v.check(e), bigbrotr_stages::verify::Check::Verified) {
+            ok += 1;
+        }
+    }
+    ok as f64 / t.elapsed().as_secs_f64().max(1e-9)
+}
+
+fn corpus_path(spec: &BenchSpec) -> PathBuf {
+    let kinds: Vec<String> = spec.kinds.iter().map(|k| k.to_string()).collect();
+    spec.dir.join(format!(
+        "corpus-{}-{}-{}-{}-{}.jsonl",
+        spec.events,
+        spec.seed,
+        kinds.join("_"),
+        spec.content.0,
+        spec.content.1
+    ))
+}
+
+/// Loads the corpus from the cache or generates (and caches) it.
+pub fn corpus(spec: &BenchSpec) -> anyhow::Result<Vec<GenEvent>> {
+    let path = corpus_path(spec);
+    if path.exists() {
+        let evs = gen::read_jsonl(&path)?;
+        if evs.len() == spec.events {
+            return Ok(evs);
+        }
+    }
+    std::fs::create_dir_all(&spec.dir)
+        .with_context(|| format!("cannot create {}", spec.dir.display()))?;
+    eprintln!("generating {} signed events (cached in {})...", spec.events, path.display());
+    let evs = gen::generate(&GenSpec {
+        count: spec.events,
+        seed: spec.seed,
+        kinds: spec.kinds.clone(),
+        content_len: spec.content,
+        authors: (spec.events / 20).clamp(1, 10_000),
+        ..GenSpec::default()
+    });
+    gen::write_jsonl(&path, &evs)?;
+    Ok(evs)
+}
+
+/// Which corpus indexes relay `r` of `n` serves: its own share, plus the overlap fraction of
+/// the others' (taken deterministically).
+fn shard(total: usize, n: usize, r: usize, overlap: f64) -> Vec<usize> {
+    (0..total)
+        .filter(|i| {
+            i % n == r || {
+                let h = (*i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+                (h as f64 / (1u64 << 53) as f64) < overlap
+            }
+        })
+        .collect()
+}
+
+struct Relays(Vec<Child>);
+
+impl Drop for Relays {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_listening(port: u16) -> anyhow::Result<()> {
+    for _ in 0..600 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("bench relay on port {port} did not start")
+}
+
+/// Runs the benchmark.
+pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> {
+    if spec.relays == 0 || spec.events == 0 {
+        bail!("bench needs at least one relay and one event");
+    }
+    let events = corpus(spec)?;
+    // Relay processes: each gets its shard as a file.
+    let exe = std::env::current_exe().context("cannot find the bigbrotr executable")?;
+    let mut children = Relays(Vec::new());
+    let mut urls = Vec::new();
+    let mut expected_frames = 0usize;
+    let mut distinct: HashSet<[u8; 32]> = HashSet::new();
+    for r in 0..spec.relays {
+        let idx = shard(events.len(), spec.relays, r, spec.overlap);
+        expected_frames += idx.len();
+        let shard_events: Vec<GenEvent> = idx.iter().map(|&i| events[i].clone()).collect();
+        distinct.extend(shard_events.iter().map(|e| e.id));
+        let path = spec.dir.join(format!("shard-{r}.jsonl"));
+        gen::write_jsonl(&path, &shard_events)?;
+        let port = free_port()?;
+        let child = Command::new(&exe)
+            .args(["testrelay", "--port", &port.to_string(), "--events"])
+            .arg(&path)
+            .env("BIGBROTR_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start a bench relay")?;
+        children.0.push(child);
+        urls.push(format!("ws://127.0.0.1:{port}"));
+    }
+    for u in &urls {
+        let port: u16 = u.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        wait_listening(port).await?;
+    }
+
+    // The verify limit of this machine, measured now.
+    let sample: Vec<Event> = events
+        .iter()
+        .take(20_000)
+        .filter_map(|e| Event::parse_json(e.json.as_bytes()).ok())
+        .collect();
+    let verify_per_core = measure_verify_per_core(&sample);
+    drop(sample);
+
+    // A fresh database.
+    let mut embedded = None;
+    let url = match &spec.database_url {
+        Some(u) => u.clone(),
+        None => {
+            let pg = crate::embedded_pg::EmbeddedPg::start(
+                &spec.dir.join("postgres"),
+                0,
+                "bigbrotr",
+                true,
+            )
+            .await?;
+            let u = pg.create_database("bench").await?;
+            embedded = Some(pg);
+            u
+        }
+    };
+    let pool = crate::db::connect(&url, cfg.database.pool_size).await?;
+    crate::db::migrate(&pool).await?;
+    let mut cfg = cfg.clone();
+    cfg.sync.allow_local = true;
+    cfg.database.url = url.clone();
+    let relays: Vec<RelayUrl> = urls
+        .iter()
+        .filter_map(|u| RelayUrl::parse(u, true).ok())
+        .collect();
+    drop(events);
+
+    let report = sync_once(&cfg, pool.clone(), relays, &SyncOptions { progress: true, ..Default::default() }, None).await?;
+    let peak = peak_rss_mib();
+    drop(children);
+
+    // Check the archive before printing any figure.
+    let conn = pool.get().await?;
+    let n: i64 = conn.query_one("SELECT count(*) FROM events", &[]).await?.get(0);
+    let sightings: i64 = conn
+        .query_one("SELECT count(*) FROM events_relays", &[])
+        .await?
+        .get(0);
+    if n as usize != distinct.len() {
+        bail!("bench check failed: {} events archived, {} expected", n, distinct.len());
+    }
+    if sightings as usize != expected_frames {
+        bail!("bench check failed: {sightings} sightings, {expected_frames} expected");
+    }
+    let rows = conn.query("SELECT id FROM events", &[]).await?;
+    for r in rows {
+        let id: &[u8] = r.get(0);
+        let Ok(id) = <[u8; 32]>::try_from(id) else {
+            bail!("bench check failed: malformed id in the archive");
+        };
+        if !distinct.contains(&id) {
+            bail!("bench check failed: unexpected event {}", hex::encode(id));
+        }
+    }
+    drop(conn);
+    if !spec.keep {
+        if let Some(pg) = &embedded {
+            let c = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls).await;
+            drop(pool);
+            if let Ok((client, conn)) = c {
+                tokio::spawn(conn);
+                let db = url
+                    .split_whitespace()
+                    .find_map(|kv| kv.strip_prefix("dbname="))
+                    .unwrap_or("")
+                    .trim_matches('\'')
+                    .to_string();
+                if !db.is_empty() {
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+                        .await;
+                }
+            }
+        }
+    }
+
+    let frames: u64 = report.relays.iter().map(|r| r.received).sum();
+    let secs = report.elapsed.as_secs_f64().max(1e-9);
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let limit = verify_per_core * cores as f64;
+    let eps = n as f64 / secs;
+    Ok(BenchReport {
+        events: n as u64,
+        frames,
+        seconds: secs,
+        events_per_sec: eps,
+        frames_per_sec: frames as f64 / secs,
+        verify_per_core,
+        cores,
+        verify_limit: limit,
+        ratio: eps / limit.max(1e-9),
+        peak_rss_mib: peak,
+        verify_busy_s: report.verify_busy.as_secs_f64(),
+        sink_write_s: report.sink_write.as_secs_f64(),
+        overfetch: report
+            .relays
+            .iter()
+            .map(|r| (r.url.clone(), r.received as f64 / (r.committed.max(1)) as f64))
+            .collect(),
+        verified: report.verified,
+        skipped: report.verify_skipped,
+    })
+}
+
+/// Default corpus directory.
+pub fn default_dir() -> PathBuf {
+    Path::new("data").join("bench")
+}
