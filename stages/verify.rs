@@ -117,9 +117,89 @@ pub enum Check {
     Rejected(Reason),
 }
 
+#[derive(Debug, Default)]
+struct GateShard {
+    young: HashSet<u128>,
+    old: HashSet<u128>,
+    /// Keys being verified right now, with the copies that arrived meanwhile.
+    inflight: HashMap<u128, Vec<RawEvent>>,
+}
+
+/// What the gate says about an event whose id checked out.
+pub enum Admit {
+    /// Verified before: skip the signature.
+    Seen(RawEvent),
+    /// Nobody verified it yet: verify it, then call [`Gate::finish`].
+    Verify(RawEvent),
+    /// Another thread is verifying the same (id, sig) now: the event waits for that result.
+    Parked,
+}
+
+/// The seen gate shared by the verify threads: remembers verified (id, sig) keys (bounded, two
+/// generations) and parks copies that arrive while the same key is being verified, so a
+/// signature is never checked twice even when two threads get copies at the same moment. A
+/// copy has the same key, hence the same verification result, as the one being checked.
+#[derive(Debug)]
+pub struct Gate {
+    shards: Vec<Mutex<GateShard>>,
+    per_shard: usize,
+}
+
+impl Gate {
+    /// A gate remembering about `capacity` verified keys.
+    pub fn new(capacity: usize) -> Gate {
+        Gate {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(GateShard::default()))
+                .collect(),
+            per_shard: (capacity / SHARDS / 2).max(16),
+        }
+    }
+
+    fn shard(&self, key: u128) -> std::sync::MutexGuard<'_, GateShard> {
+        self.shards[(key as usize) % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// True if `key` was verified.
+    pub fn is_verified(&self, key: u128) -> bool {
+        let g = self.shard(key);
+        g.young.contains(&key) || g.old.contains(&key)
+    }
+
+    /// Decides what to do with `raw`, whose id has been recomputed and matches.
+    pub fn admit(&self, key: u128, raw: RawEvent) -> Admit {
+        let mut g = self.shard(key);
+        if g.young.contains(&key) || g.old.contains(&key) {
+            return Admit::Seen(raw);
+        }
+        if let Some(waiting) = g.inflight.get_mut(&key) {
+            waiting.push(raw);
+            return Admit::Parked;
+        }
+        g.inflight.insert(key, Vec::new());
+        Admit::Verify(raw)
+    }
+
+    /// Records the result for `key` and hands back the copies that waited for it.
+    pub fn finish(&self, key: u128, ok: bool) -> Vec<RawEvent> {
+        let mut g = self.shard(key);
+        let waiting = g.inflight.remove(&key).unwrap_or_default();
+        if ok {
+            if g.young.len() >= self.per_shard {
+                let young = std::mem::take(&mut g.young);
+                g.old = young;
+            }
+            g.young.insert(key);
+        }
+        waiting
+    }
+}
+
 /// Per-thread verifier state: scratch buffer and author key cache.
 pub struct Verifier {
-    seen: Arc<SeenSet>,
+    gate: Arc<Gate>,
     seed: u64,
     buf: Vec<u8>,
     keys: HashMap<[u8; 32], Option<XOnlyPublicKey>>,
@@ -127,10 +207,10 @@ pub struct Verifier {
 }
 
 impl Verifier {
-    /// A verifier sharing `seen` with its siblings.
-    pub fn new(seen: Arc<SeenSet>, seed: u64, key_cap: usize) -> Verifier {
+    /// A verifier sharing `gate` with its siblings.
+    pub fn new(gate: Arc<Gate>, seed: u64, key_cap: usize) -> Verifier {
         Verifier {
-            seen,
+            gate,
             seed,
             buf: Vec::with_capacity(4096),
             keys: HashMap::new(),
@@ -138,15 +218,16 @@ impl Verifier {
         }
     }
 
-    /// Recomputes the id, consults the seen gate, verifies the signature.
-    pub fn check(&mut self, ev: &Event) -> Check {
+    /// Recomputes the id; on success returns the gate key.
+    pub fn check_id(&mut self, ev: &Event) -> Result<u128, Reason> {
         if ev.compute_id(&mut self.buf) != ev.id {
-            return Check::Rejected(Reason::BadId);
+            return Err(Reason::BadId);
         }
-        let key = seen_key(self.seed, ev);
-        if self.seen.contains(key) {
-            return Check::Skipped;
-        }
+        Ok(seen_key(self.seed, ev))
+    }
+
+    /// Verifies the signature (author keys cached).
+    pub fn check_sig(&mut self, ev: &Event) -> bool {
         if self.keys.len() >= self.key_cap {
             self.keys.clear();
         }
@@ -154,14 +235,29 @@ impl Verifier {
             .keys
             .entry(ev.pubkey)
             .or_insert_with(|| XOnlyPublicKey::from_byte_array(ev.pubkey).ok());
-        let Some(pk) = pk else {
-            return Check::Rejected(Reason::BadSig);
-        };
+        let Some(pk) = pk else { return false };
         let sig = Signature::from_byte_array(ev.sig);
-        if secp256k1::schnorr::verify(&sig, &ev.id, &pk).is_err() {
+        secp256k1::schnorr::verify(&sig, &ev.id, &pk).is_ok()
+    }
+
+    /// Whole check of one event outside the pool (benches, tools): id, gate, signature.
+    pub fn check(&mut self, ev: &Event) -> Check {
+        let key = match self.check_id(ev) {
+            Ok(k) => k,
+            Err(r) => return Check::Rejected(r),
+        };
+        if self.gate.is_verified(key) {
+            return Check::Skipped;
+        }
+        if !self.check_sig(ev) {
             return Check::Rejected(Reason::BadSig);
         }
-        self.seen.insert(key);
+        let mut g = self.gate.shard(key);
+        if g.young.len() >= self.gate.per_shard {
+            let young = std::mem::take(&mut g.young);
+            g.old = young;
+        }
+        g.young.insert(key);
         Check::Verified
     }
 }
@@ -172,6 +268,75 @@ pub struct VerifyPool {
     pub threads: Vec<std::thread::JoinHandle<()>>,
     /// Pool counters.
     pub stats: Arc<VerifyStats>,
+}
+
+struct Worker {
+    verifier: Verifier,
+    gate: Arc<Gate>,
+    stats: Arc<VerifyStats>,
+    output: flume::Sender<Verified>,
+    cursor_tx: flume::Sender<Relay>,
+}
+
+impl Worker {
+    fn pass(&self, raw: RawEvent, verified_now: bool) -> bool {
+        let relay = &raw.ticket.relay;
+        if verified_now {
+            inc(&self.stats.verified);
+            inc(&relay.stats.verified);
+        } else {
+            inc(&self.stats.skipped);
+            inc(&relay.stats.verify_skipped);
+        }
+        let v = Verified {
+            event: raw.event,
+            ticket: raw.ticket,
+            seen_at: raw.seen_at,
+        };
+        self.output.send(v).is_ok()
+    }
+
+    fn reject(&self, raw: RawEvent, reason: Reason) {
+        let relay = &raw.ticket.relay;
+        inc(&self.stats.rejected);
+        relay.stats.reject(reason);
+        tracing::debug!(relay = %relay.url, reason = reason.as_str(), id = %hex::encode(raw.event.id), "rejected event");
+        if raw.ticket.complete() {
+            let _ = self.cursor_tx.send(raw.ticket.relay.clone());
+        }
+    }
+
+    /// Handles one event; false when the output is gone.
+    fn handle(&mut self, raw: RawEvent) -> bool {
+        let key = match self.verifier.check_id(&raw.event) {
+            Ok(k) => k,
+            Err(r) => {
+                self.reject(raw, r);
+                return true;
+            }
+        };
+        match self.gate.admit(key, raw) {
+            Admit::Seen(raw) => self.pass(raw, false),
+            Admit::Parked => true,
+            Admit::Verify(raw) => {
+                let ok = self.verifier.check_sig(&raw.event);
+                let waiting = self.gate.finish(key, ok);
+                let mut alive = true;
+                if ok {
+                    alive &= self.pass(raw, true);
+                    for w in waiting {
+                        alive &= self.pass(w, false);
+                    }
+                } else {
+                    self.reject(raw, Reason::BadSig);
+                    for w in waiting {
+                        self.reject(w, Reason::BadSig);
+                    }
+                }
+                alive
+            }
+        }
+    }
 }
 
 /// Starts the pool: `RawEvent`s in, `Verified` out. A rejected event completes its ticket here
@@ -189,21 +354,24 @@ pub fn spawn(
     } else {
         cfg.threads
     };
-    let seen = Arc::new(SeenSet::new(cfg.seen_capacity));
+    let gate = Arc::new(Gate::new(cfg.seen_capacity));
     let seed: u64 = rand::random();
     let stats = Arc::new(VerifyStats::default());
     let threads = (0..n)
         .map(|i| {
             let input = input.clone();
-            let output = output.clone();
-            let cursor_tx = cursor_tx.clone();
-            let stats = stats.clone();
             let core = if cfg.pin_cores && !cores.is_empty() {
                 Some(cores[i % cores.len()])
             } else {
                 None
             };
-            let mut verifier = Verifier::new(seen.clone(), seed, cfg.pubkey_cache);
+            let mut worker = Worker {
+                verifier: Verifier::new(gate.clone(), seed, cfg.pubkey_cache),
+                gate: gate.clone(),
+                stats: stats.clone(),
+                output: output.clone(),
+                cursor_tx: cursor_tx.clone(),
+            };
             std::thread::Builder::new()
                 .name(format!("verify-{i}"))
                 .spawn(move || {
@@ -212,35 +380,13 @@ pub fn spawn(
                     }
                     while let Ok(raw) = input.recv() {
                         let t = Instant::now();
-                        let outcome = verifier.check(&raw.event);
-                        stats.busy_ns.fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
-                        let relay = &raw.ticket.relay;
-                        match outcome {
-                            Check::Verified | Check::Skipped => {
-                                if outcome == Check::Verified {
-                                    inc(&stats.verified);
-                                    inc(&relay.stats.verified);
-                                } else {
-                                    inc(&stats.skipped);
-                                    inc(&relay.stats.verify_skipped);
-                                }
-                                let v = Verified {
-                                    event: raw.event,
-                                    ticket: raw.ticket,
-                                    seen_at: raw.seen_at,
-                                };
-                                if output.send(v).is_err() {
-                                    break;
-                                }
-                            }
-                            Check::Rejected(reason) => {
-                                inc(&stats.rejected);
-                                relay.stats.reject(reason);
-                                tracing::debug!(relay = %relay.url, reason = reason.as_str(), id = %hex::encode(raw.event.id), "rejected event");
-                                if raw.ticket.complete() {
-                                    let _ = cursor_tx.send(raw.ticket.relay.clone());
-                                }
-                            }
+                        let alive = worker.handle(raw);
+                        worker
+                            .stats
+                            .busy_ns
+                            .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
+                        if !alive {
+                            break;
                         }
                     }
                 })
@@ -281,7 +427,36 @@ mod tests {
             }
             n += 1;
         }
-        assert_eq!(n, 15);
+        assert_eq!(n, 19);
+    }
+
+    fn raw(ev: &Event) -> RawEvent {
+        use crate::model::{CursorState, RelayCtx, RelayUrl, Ticket};
+        let relay = RelayCtx::new(
+            RelayUrl::parse("ws://127.0.0.1:1", true).expect("url"),
+            CursorState::default(),
+        );
+        RawEvent {
+            event: ev.clone(),
+            ticket: Ticket { relay, epoch: 0 },
+            seen_at: 0,
+        }
+    }
+
+    #[test]
+    fn gate_parks_copies_while_one_is_verified() {
+        let ev = Event::parse_json(include_bytes!("testdata/event.json")).expect("event");
+        let gate = Gate::new(1024);
+        let key = 42u128;
+        assert!(matches!(gate.admit(key, raw(&ev)), Admit::Verify(_)));
+        assert!(matches!(gate.admit(key, raw(&ev)), Admit::Parked));
+        assert!(matches!(gate.admit(key, raw(&ev)), Admit::Parked));
+        assert_eq!(gate.finish(key, true).len(), 2, "both copies handed back");
+        assert!(matches!(gate.admit(key, raw(&ev)), Admit::Seen(_)));
+        // A failed key is not remembered: a later copy is verified (and fails) again.
+        assert!(matches!(gate.admit(7, raw(&ev)), Admit::Verify(_)));
+        assert_eq!(gate.finish(7, false).len(), 0);
+        assert!(matches!(gate.admit(7, raw(&ev)), Admit::Verify(_)));
     }
 
     #[test]

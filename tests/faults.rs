@@ -190,7 +190,10 @@ async fn garbage_frames_are_counted_by_reason_and_never_archived() {
 
     let n = reqs(&relay);
     assert_eq!(r.reqs, n, "REQs sent = REQs the relay received");
-    assert!((5..=8).contains(&n), "2000 events at limit 500 take ~6 REQs, took {n}");
+    assert!(
+        (5..=8).contains(&n),
+        "2000 events at limit 500 take ~6 REQs, took {n}"
+    );
     assert_eq!(connections(&relay), 1);
     assert_eq!(
         r.rejections,
@@ -256,9 +259,15 @@ async fn bad_signatures_and_ids_are_rejected_exactly_once_each() {
         r.received,
         "every EVENT frame the relay sent was received"
     );
-    assert_eq!(r.emitted, 2000 + 21, "each valid event once, each fault copy once");
+    // Padded replies (more events than asked) are trusted only down to their limit-th newest
+    // event, so a few events are read twice; none is lost.
+    assert!(
+        r.emitted >= 2000 + 21,
+        "each valid event and each fault copy at least once"
+    );
     assert_eq!(report.verified, 2000);
-    assert_eq!(report.verify_skipped, 0);
+    // Valid events read twice (padding cut) are skipped by the seen gate, never re-verified.
+    assert_eq!(report.verify_skipped, r.emitted - 2021);
     // The forged copy shares the id: the stored row is the validly signed one.
     assert_eq!(stored_sig(&pool, &top.id).await, sig_of(&top));
     let top_sightings = sightings(&pool)
@@ -298,6 +307,15 @@ async fn bad_events_inside_the_walked_windows_do_not_make_the_walk_skip_valid_ev
     let cfg = config(&db);
     let report = run(&cfg, &pool, &[relay.url()]).await;
     let r = relay_of(&report, &relay.url());
+    // Spell out the consequence before the detailed comparison: losing events while reporting
+    // Synced with a cursor at "now" means later passes never fetch them either.
+    let archived = event_ids(&pool).await.len();
+    let payload = cursor_payload(&pool, &relay.url()).await;
+    assert_eq!(
+        archived, 2000,
+        "archived {archived} of 2000 valid events; outcome {:?}; persisted cursor {payload:?}",
+        r.outcome
+    );
     assert_eq!(r.outcome, Outcome::Synced);
     assert_archive(&pool, &ids(&events), &served(&events, &relay.url())).await;
     for i in [0, 250, 499, 500, 501, 1000, 1500, 1999] {
@@ -312,6 +330,54 @@ async fn bad_events_inside_the_walked_windows_do_not_make_the_walk_skip_valid_ev
         "every event passed on is verified, skipped or rejected"
     );
     assert_eq!(report.verified, 2000);
+    relay.stop().await;
+}
+
+/// Minimal form of the previous test: ONE forged event (a bad-sig copy of another event),
+/// older than every served event. Every REQ of a correct walk covers it (all windows start at
+/// the floor, 0), so it is rejected exactly once per REQ, and it must not make the walk jump
+/// from the first window straight to its created_at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_old_forged_event_does_not_make_the_walk_skip_the_history() {
+    let events = generate(&spec(2000, 118));
+    let oldest = events.iter().map(|e| e.created_at).min().unwrap_or(0);
+    let other = generate(&GenSpec {
+        count: 1,
+        seed: 1118,
+        start_ts: oldest - 10,
+        spread_secs: 1,
+        ..spec(1, 1118)
+    });
+    let relay = TestRelay::start(
+        events.clone(),
+        Behavior {
+            bad_sig: vec![with_bad_sig(&other[0])],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("relay");
+    let (pool, db) = test_db().await;
+    let cfg = config(&db);
+    // A fixed upper bound: no catch-up REQ above it, so every REQ starts at the floor.
+    let opts = SyncOptions {
+        until: Some(bigbrotr::stages::model::now_secs()),
+        ..Default::default()
+    };
+    let report = run_with(&cfg, &pool, &[relay.url()], &opts).await;
+    let r = relay_of(&report, &relay.url());
+    assert_eq!(r.outcome, Outcome::Synced);
+    assert_archive(&pool, &ids(&events), &served(&events, &relay.url())).await;
+    // The forged copy is rejected in every reply that carries it, except where it sits at a
+    // window boundary already processed (then it is recognised by (id, sig) and not re-sent).
+    assert_eq!(r.rejections.len(), 1, "{:?}", r.rejections);
+    let (reason, n) = r.rejections[0];
+    assert_eq!(reason, "bad_sig");
+    assert!(
+        (1..=reqs(&relay)).contains(&n),
+        "{n} bad_sig for {} REQs",
+        reqs(&relay)
+    );
     relay.stop().await;
 }
 
@@ -351,7 +417,10 @@ async fn shared_and_duplicated_events_are_verified_once_with_exact_provenance() 
     assert_archive(&pool, &ids(&all), &want_sightings).await;
     assert!(x1.rejections.is_empty() && x2.rejections.is_empty());
     assert_eq!(x1.emitted, 2000);
-    assert_eq!(x2.emitted, 4000, "both copies of each of R2's events passed on");
+    assert_eq!(
+        x2.emitted, 4000,
+        "both copies of each of R2's events passed on"
+    );
     assert_eq!(report.events_inserted, 3000);
     assert_eq!(report.sightings_inserted, 4000);
     assert_eq!(
@@ -390,8 +459,10 @@ async fn relay_ignoring_limit_is_archived_once() {
     assert_eq!(r.emitted, 2000);
     assert_eq!(r.received, events_sent(&relay));
     assert_eq!(r.received, r.emitted + r.refetched);
-    // Everything in the first reply; the second only re-reads the oldest second.
-    assert_eq!(r.reqs, 2);
+    // Everything in the first reply; the second only re-reads the oldest second. (A third,
+    // empty REQ happens when the pass crosses a second: the connector then catches up on
+    // (previous now, new now].)
+    assert!(r.reqs == 2 || r.reqs == 3, "{} REQs", r.reqs);
     assert_eq!(report.verified, 2000);
     relay.stop().await;
 }
@@ -525,8 +596,9 @@ async fn relay_ignoring_until_is_given_up_without_advancing_the_cursor() {
         o => panic!("expected GaveUp, got {o:?}"),
     }
     assert_archive(&pool, &ids(&first), &served(&first, &relay.url())).await;
-    assert_eq!(r.reqs, 2);
-    assert_eq!(reqs(&relay), 2);
+    // Two windows, then a probe (`limit: 1`) that confirms the relay ignores `until`.
+    assert_eq!(r.reqs, 3);
+    assert_eq!(reqs(&relay), 3);
     // The second reply: the same 500, of which those newer than `until` are out of range and
     // the one(s) at `until` are boundary re-reads.
     let above = first.iter().filter(|e| e.created_at > t500).count() as u64;
@@ -570,7 +642,10 @@ async fn hanging_relay_is_reconnected_after_the_idle_timeout() {
     assert_archive(&pool, &ids(&events), &served(&events, &relay.url())).await;
     assert!(r.rejections.is_empty());
     assert_eq!(connections(&relay), 2);
-    assert_eq!(r.emitted, 2300, "the 300 of the hung window are passed on again");
+    assert_eq!(
+        r.emitted, 2300,
+        "the 300 of the hung window are passed on again"
+    );
     assert_eq!((report.verified, report.verify_skipped), (2000, 300));
     assert_eq!(report.events_inserted, 2000);
     assert_eq!(report.sightings_inserted, 2000);
@@ -638,7 +713,9 @@ async fn frames_over_the_event_limit_are_rejected_and_the_connection_stays() {
     let n = reqs(&relay);
     assert_eq!(r.reqs, n);
     assert_eq!(r.rejections, vec![("oversized", n)]);
-    assert_eq!(r.emitted, 2000);
+    // An oversized frame counts as a reply event, so a few replies look padded and are cut at
+    // their limit-th newest event: a handful of events are read twice, none is lost.
+    assert!(r.emitted >= 2000);
     relay.stop().await;
 }
 
@@ -671,7 +748,12 @@ async fn messages_over_the_socket_limit_give_up_that_relay_only() {
     let rg = relay_of(&report, &good.url());
     assert!(matches!(rb.outcome, Outcome::GaveUp(_)), "{:?}", rb.outcome);
     assert_eq!(rg.outcome, Outcome::Synced);
-    assert_archive(&pool, &ids(&good_events), &served(&good_events, &good.url())).await;
+    assert_archive(
+        &pool,
+        &ids(&good_events),
+        &served(&good_events, &good.url()),
+    )
+    .await;
     assert_eq!(connections(&bad), 4, "max_failures = 4 connections");
     assert_eq!(reqs(&bad), 4);
     assert_eq!(rb.rejections, vec![("oversized", 4)]);
@@ -786,11 +868,12 @@ fn has_nul(e: &GenEvent) -> bool {
     let content = v["content"].as_str().unwrap_or_default().contains('\0');
     let tags = v["tags"].as_array().is_some_and(|ts| {
         ts.iter().any(|t| {
-            t.as_array()
-                .is_some_and(|t| t.iter().any(|s| s.as_str().is_some_and(|s| s.contains('\0'))))
+            t.as_array().is_some_and(|t| {
+                t.iter()
+                    .any(|s| s.as_str().is_some_and(|s| s.contains('\0')))
+            })
         })
-    })
-    ;
+    });
     content || tags
 }
 
@@ -820,7 +903,11 @@ async fn events_with_nul_are_stored_losslessly() {
         .filter(|e| has_nul(e))
         .map(|e| hex::encode(e.id))
         .collect();
-    assert!(with_nul.len() > 3, "gen makes some NUL events too: {}", with_nul.len());
+    assert!(
+        with_nul.len() > 3,
+        "gen makes some NUL events too: {}",
+        with_nul.len()
+    );
     let relay = TestRelay::start(events.clone(), Behavior::default())
         .await
         .expect("relay");
@@ -906,11 +993,14 @@ async fn second_pass_fetches_only_what_is_newer_than_the_cursor() {
         200 + at_oldest,
         "B once, plus the confirmation re-read of its oldest second"
     );
-    assert_eq!(r.reqs, 2);
+    // The window and its confirmation (plus an empty catch-up REQ if a second passed).
+    assert!(r.reqs == 2 || r.reqs == 3, "{} REQs", r.reqs);
     assert_eq!(second.events_inserted, 200);
     let payload = cursor_payload(&pool, &relay.url()).await.expect("cursor");
     assert!(
-        payload["synced_until"].as_i64().is_some_and(|s| s >= newest_b),
+        payload["synced_until"]
+            .as_i64()
+            .is_some_and(|s| s >= newest_b),
         "{payload}"
     );
     relay.stop().await;

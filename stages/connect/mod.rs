@@ -15,7 +15,8 @@ use crate::model::{
 };
 use futures_util::{SinkExt, StreamExt};
 use message::RelayMsg;
-use std::collections::HashSet;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -129,9 +130,19 @@ struct WindowResult {
     above: usize,
     total: usize,
     oldest: Option<i64>,
-    oldest_ids: HashSet<[u8; 32]>,
+    oldest_ids: HashSet<BKey>,
+    /// Ids received at the window's top second (`until`).
+    top_ids: HashSet<BKey>,
+    /// The newest `limit` created_at values of the reply (min-heap), to cut a reply that
+    /// holds more than was asked at its limit-th newest event.
+    newest: BinaryHeap<Reverse<i64>>,
+    limit: usize,
     epoch: u64,
 }
+
+/// An event's identity at a window boundary: id and signature, so a forged copy of an id never
+/// hides the valid one.
+type BKey = ([u8; 32], [u8; 64]);
 
 struct Session {
     ws: transport::Ws,
@@ -342,7 +353,7 @@ impl Connector {
         limit: &mut usize,
         failures: &mut u32,
     ) -> Result<(), Fail> {
-        let mut boundary: HashSet<[u8; 32]> = HashSet::new();
+        let mut boundary: HashSet<BKey> = HashSet::new();
         let mut confirming: Option<usize> = None;
         loop {
             let w = self.window(sess, lo, u, *limit, &boundary).await?;
@@ -353,9 +364,14 @@ impl Connector {
                     *limit = n;
                 }
             }
-            if w.above > 0 && w.in_range < *limit && w.in_range + w.above >= *limit {
-                // The limit was spent on events newer than `until`: the relay ignores `until`,
-                // so nothing below this window can be paged. Keep the cursor where it is.
+            if w.above > 0
+                && w.in_range < *limit
+                && w.in_range + w.above >= *limit
+                && self.ignores_until(sess, lo, u).await?
+            {
+                // The limit was spent on events newer than `until`, and a probe confirms the
+                // relay ignores `until`: nothing below this window can be paged. Keep the
+                // cursor where it is.
                 self.close_window(w.epoch, w.emitted, None);
                 return Err(Fail::Unsyncable(
                     "relay ignores `until` (answers with newer events than asked)".into(),
@@ -367,17 +383,32 @@ impl Connector {
             };
             if w.in_range >= *limit {
                 let oldest = w.oldest.unwrap_or(u);
-                let next_u = if w.emitted == 0 && oldest == u {
+                // A compliant reply is the newest `limit` events, so it covers down to its
+                // oldest. A reply with more than asked is either a relay ignoring `limit`
+                // (everything, newest first: far more than asked) or one padding the reply
+                // (with invalid or unrequested events) — then only the newest `limit` are
+                // trusted as a contiguous prefix.
+                let padded = w.in_range > *limit && w.in_range < 2 * *limit;
+                let cut = if padded {
+                    w.newest.peek().map(|r| r.0).unwrap_or(oldest)
+                } else {
+                    oldest
+                };
+                let next_u = if w.emitted == 0 && cut == u {
                     tracing::warn!(relay = %self.relay.url, second = u, limit = *limit, "more events in one second than the relay returns per request; skipping the rest of that second");
                     boundary.clear();
                     u - 1
                 } else {
-                    if oldest == u {
-                        boundary.extend(w.oldest_ids);
+                    if cut == u {
+                        boundary.extend(w.top_ids);
+                    } else if padded {
+                        // The ids at the cut second are not tracked: the next window fetches
+                        // them again (harmless: the seen gate and the database absorb them).
+                        boundary.clear();
                     } else {
                         boundary = w.oldest_ids;
                     }
-                    oldest
+                    cut
                 };
                 if next_u < lo {
                     *pos = done;
@@ -445,7 +476,7 @@ impl Connector {
         data: &[u8],
         sub: &str,
         range: Option<(i64, i64)>,
-        boundary: &HashSet<[u8; 32]>,
+        boundary: &HashSet<BKey>,
         w: &mut WindowResult,
     ) -> Action {
         let stats = &self.relay.stats;
@@ -492,18 +523,26 @@ impl Connector {
                         return Action::None;
                     }
                     w.in_range += 1;
+                    let key = (ev.id, ev.sig);
                     match w.oldest {
                         Some(o) if ev.created_at > o => {}
                         Some(o) if ev.created_at == o => {
-                            w.oldest_ids.insert(ev.id);
+                            w.oldest_ids.insert(key);
                         }
                         _ => {
                             w.oldest = Some(ev.created_at);
                             w.oldest_ids.clear();
-                            w.oldest_ids.insert(ev.id);
+                            w.oldest_ids.insert(key);
                         }
                     }
-                    if ev.created_at == u && boundary.contains(&ev.id) {
+                    w.newest.push(Reverse(ev.created_at));
+                    if w.newest.len() > w.limit.max(1) {
+                        w.newest.pop();
+                    }
+                    if ev.created_at == u {
+                        w.top_ids.insert(key);
+                    }
+                    if ev.created_at == u && boundary.contains(&key) {
                         inc(&stats.refetched);
                         return Action::None;
                     }
@@ -554,10 +593,11 @@ impl Connector {
         lo: i64,
         u: i64,
         limit: usize,
-        boundary: &HashSet<[u8; 32]>,
+        boundary: &HashSet<BKey>,
     ) -> Result<WindowResult, Fail> {
         let mut w = WindowResult {
             epoch: self.relay.progress.open(),
+            limit,
             ..WindowResult::default()
         };
         sess.subs += 1;
@@ -585,7 +625,7 @@ impl Connector {
         sub: &str,
         lo: i64,
         u: i64,
-        boundary: &HashSet<[u8; 32]>,
+        boundary: &HashSet<BKey>,
         w: &mut WindowResult,
     ) -> Result<(), Fail> {
         loop {
@@ -622,6 +662,60 @@ impl Connector {
                 Action::Closed(m) => return Err(Self::closed_fail(m)),
             }
         }
+    }
+
+    /// Asks for one event at or below `u`: a relay that answers only with a newer one ignores
+    /// `until`. Tells such a relay apart from one that merely pads its replies.
+    async fn ignores_until(&mut self, sess: &mut Session, lo: i64, u: i64) -> Result<bool, Fail> {
+        sess.subs += 1;
+        let sub = format!("bb{}", sess.subs);
+        inc(&self.relay.stats.reqs);
+        self.send(sess, self.req_json(&sub, lo, Some(u), Some(1)))
+            .await?;
+        let mut newer = false;
+        let mut within = false;
+        loop {
+            let next = tokio::select! {
+                _ = self.stop.changed() => return Err(Fail::Stop),
+                r = tokio::time::timeout(self.cfg.idle_timeout, sess.ws.next()) => r,
+            };
+            let msg = match next {
+                Err(_) => return Err(Fail::Idle),
+                Ok(None) => return Err(Fail::Io("connection closed".into())),
+                Ok(Some(Err(e))) => return Err(Fail::Io(e.to_string())),
+                Ok(Some(Ok(m))) => m,
+            };
+            let data: &[u8] = match &msg {
+                Message::Text(t) => t.as_bytes(),
+                Message::Binary(b) => b,
+                Message::Close(_) => return Err(Fail::Io("relay closed the connection".into())),
+                _ => continue,
+            };
+            sess.buf.clear();
+            sess.buf.extend_from_slice(data);
+            let Ok(v) = simd_json::to_borrowed_value_with_buffers(&mut sess.buf, &mut sess.buffers)
+            else {
+                continue;
+            };
+            match message::parse(&v) {
+                Some(RelayMsg::Event(s, Ok(ev))) if s == sub => {
+                    if ev.created_at > u {
+                        newer = true;
+                    } else if ev.created_at >= lo {
+                        within = true;
+                    }
+                }
+                Some(RelayMsg::Eose(s)) if s == sub => break,
+                Some(RelayMsg::Closed(s, m)) if s == sub => {
+                    return Err(Self::closed_fail(m.to_string()))
+                }
+                _ => {}
+            }
+        }
+        let _ = self.send(sess, format!("[\"CLOSE\",\"{sub}\"]")).await;
+        // Padding relays add newer events but still answer within the range; a relay that
+        // ignores `until` spends its one event on a newer one.
+        Ok(newer && !within)
     }
 
     async fn live(&mut self, sess: &mut Session, pos: &mut CursorState) -> Result<(), Fail> {
