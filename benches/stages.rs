@@ -1,1 +1,216 @@
-fn main() {}
+//! Per-stage benches on the hot path: parse, id recomputation, verify (new and already-seen
+//! ids), dedupe, batch, and the sink's COPY into the real schema (on the embedded cluster).
+//!
+//! Run: `cargo bench --bench stages` (add `-- sink` etc. to select). Figures and the machine
+//! are in BENCHMARKS.md.
+
+use bigbrotr::gen::{generate, GenSpec};
+use bigbrotr::stages::dedupe::Dedupe;
+use bigbrotr::stages::model::{
+    CursorState, Event, EventRef, RelayCtx, RelayUrl, Sighting, Ticket, Verified,
+};
+use bigbrotr::stages::verify::{Check, Gate, Verifier};
+use bigbrotr::stages::{batch, sink};
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use std::sync::Arc;
+
+fn corpus(n: usize) -> Vec<bigbrotr::gen::GenEvent> {
+    generate(&GenSpec {
+        count: n,
+        seed: 99,
+        ..GenSpec::default()
+    })
+}
+
+fn frames(evs: &[bigbrotr::gen::GenEvent]) -> Vec<Vec<u8>> {
+    evs.iter()
+        .map(|e| format!("[\"EVENT\",\"bb1\",{}]", e.json).into_bytes())
+        .collect()
+}
+
+fn parsed(evs: &[bigbrotr::gen::GenEvent]) -> Vec<Event> {
+    evs.iter()
+        .filter_map(|e| Event::parse_json(e.json.as_bytes()).ok())
+        .collect()
+}
+
+fn bench_parse(c: &mut Criterion) {
+    let evs = corpus(2_000);
+    let fr = frames(&evs);
+    let mut g = c.benchmark_group("parse");
+    g.throughput(Throughput::Elements(fr.len() as u64));
+    g.bench_function("relay_message_to_event", |b| {
+        let mut buf = Vec::with_capacity(8192);
+        let mut scratch = Vec::with_capacity(4096);
+        let mut buffers = simd_json::Buffers::default();
+        b.iter(|| {
+            let mut n = 0usize;
+            for f in &fr {
+                buf.clear();
+                buf.extend_from_slice(f);
+                if let Ok(simd_json::BorrowedValue::Array(a)) =
+                    simd_json::to_borrowed_value_with_buffers(&mut buf, &mut buffers)
+                {
+                    if let Some(Ok(r)) = a.get(2).map(EventRef::from_value) {
+                        n += r.to_owned_event(&mut scratch).content.len();
+                    }
+                }
+            }
+            n
+        })
+    });
+    g.finish();
+}
+
+fn bench_id(c: &mut Criterion) {
+    let evs = parsed(&corpus(2_000));
+    let mut g = c.benchmark_group("id");
+    g.throughput(Throughput::Elements(evs.len() as u64));
+    g.bench_function("canonical_sha256", |b| {
+        let mut buf = Vec::with_capacity(4096);
+        b.iter(|| {
+            evs.iter()
+                .filter(|e| e.compute_id(&mut buf) == e.id)
+                .count()
+        })
+    });
+    g.finish();
+}
+
+fn bench_verify(c: &mut Criterion) {
+    let evs = parsed(&corpus(2_000));
+    let mut g = c.benchmark_group("verify");
+    g.throughput(Throughput::Elements(evs.len() as u64));
+    g.sample_size(10);
+    g.bench_function("new_ids", |b| {
+        b.iter_batched(
+            || Verifier::new(Arc::new(Gate::new(1 << 16)), 1, 65_536),
+            |mut v| evs.iter().filter(|e| v.check(e) == Check::Verified).count(),
+            BatchSize::LargeInput,
+        )
+    });
+    let mut warm = Verifier::new(Arc::new(Gate::new(1 << 16)), 1, 65_536);
+    for e in &evs {
+        warm.check(e);
+    }
+    g.sample_size(50);
+    g.bench_function("seen_ids", |b| {
+        b.iter(|| {
+            evs.iter()
+                .filter(|e| warm.check(e) == Check::Skipped)
+                .count()
+        })
+    });
+    g.finish();
+}
+
+fn relay() -> Arc<RelayCtx> {
+    RelayCtx::new(
+        RelayUrl::parse("ws://127.0.0.1:1", true).expect("url"),
+        CursorState::default(),
+    )
+}
+
+fn bench_dedupe_batch(c: &mut Criterion) {
+    let evs = parsed(&corpus(2_000));
+    let r = relay();
+    let mut g = c.benchmark_group("dedupe_batch");
+    g.throughput(Throughput::Elements(evs.len() as u64));
+    g.bench_function("dedupe_and_batch", |b| {
+        b.iter_batched(
+            || {
+                evs.iter()
+                    .map(|e| Verified {
+                        event: e.clone(),
+                        ticket: Ticket {
+                            relay: r.clone(),
+                            epoch: 0,
+                        },
+                        seen_at: 0,
+                    })
+                    .collect::<Vec<_>>()
+            },
+            |vs| {
+                let d = Dedupe::new(1 << 16);
+                let mut bt = bigbrotr::stages::model::Batch::default();
+                for v in vs {
+                    batch::push(&mut bt, d.process(v));
+                }
+                bt.rows()
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+/// Unsigned events with unique ids: the sink does not look at signatures, and signing a
+/// fresh corpus per iteration would dominate the bench.
+fn fake_events(n: usize, salt: u64) -> Vec<Event> {
+    let base = parsed(&corpus(1_000));
+    (0..n)
+        .map(|i| {
+            let mut e = base[i % base.len()].clone();
+            e.id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            e.id[8..16].copy_from_slice(&salt.to_le_bytes());
+            e
+        })
+        .collect()
+}
+
+fn bench_sink(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pool = rt.block_on(async {
+        let pg = bigbrotr::embedded_pg::EmbeddedPg::shared_for_tests()
+            .await
+            .expect("cluster");
+        let url = pg.create_database("bench").await.expect("db");
+        let pool = bigbrotr::db::connect(&url, 2).await.expect("pool");
+        bigbrotr::db::migrate(&pool).await.expect("migrate");
+        pool
+    });
+    let r = relay();
+    let n = 5_000usize;
+    let mut salt = 0u64;
+    let mut g = c.benchmark_group("sink");
+    g.throughput(Throughput::Elements(n as u64));
+    g.sample_size(10);
+    g.bench_function("copy_5000_events_with_sightings", |b| {
+        b.iter_batched(
+            || {
+                salt += 1;
+                let events = fake_events(n, salt);
+                let sightings = events
+                    .iter()
+                    .map(|e| Sighting {
+                        id: e.id,
+                        ticket: Ticket {
+                            relay: r.clone(),
+                            epoch: 0,
+                        },
+                        seen_at: 0,
+                    })
+                    .collect();
+                bigbrotr::stages::model::Batch { events, sightings }
+            },
+            |bt| {
+                rt.block_on(async {
+                    let mut c = pool.get().await.expect("conn");
+                    sink::write_batch(&mut c, &bt).await.expect("write")
+                })
+            },
+            BatchSize::LargeInput,
+        )
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_parse,
+    bench_id,
+    bench_verify,
+    bench_dedupe_batch,
+    bench_sink
+);
+criterion_main!(benches);

@@ -11,7 +11,7 @@ use crate::gen::{self, GenEvent, GenSpec};
 use crate::sync::{sync_once, SyncOptions};
 use anyhow::{bail, Context};
 use bigbrotr_stages::model::{Event, RelayUrl};
-use bigbrotr_stages::verify::{SeenSet, Verifier};
+use bigbrotr_stages::verify::{Gate, Verifier};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -63,6 +63,14 @@ pub struct BenchReport {
     pub verify_limit: f64,
     /// events_per_sec ÷ verify_limit.
     pub ratio: f64,
+    /// Cores not used by PostgreSQL and the relay processes during the sync (measured).
+    pub cores_left: f64,
+    /// verify_per_core × cores_left.
+    pub verify_limit_left: f64,
+    /// events_per_sec ÷ verify_limit_left.
+    pub ratio_left: f64,
+    /// CPU seconds used by everything but the engine (PostgreSQL, relays) during the sync.
+    pub others_cpu_s: f64,
     /// Peak resident memory of the engine (this process), MiB.
     pub peak_rss_mib: f64,
     /// Seconds the verify threads were busy (summed).
@@ -86,6 +94,7 @@ impl BenchReport {
              received  {:>12.0} frames/s  ({} frames)\n\
              verify limit {:>9.0} sig/s  ({:.0} sig/s/core × {} cores, same run)\n\
              ratio     {:>12.2}  (kept ÷ verify limit)\n\
+             cores left {:>11.2}  (PostgreSQL + relays used {:.1} CPU-s); ratio to their limit {:.2}\n\
              signatures verified {} / skipped {}\n\
              peak RSS  {:>12.1} MiB\n\
              stage time: verify busy {:.2}s (summed over threads), sink write {:.2}s\n",
@@ -101,6 +110,9 @@ impl BenchReport {
             self.verify_per_core,
             self.cores,
             self.ratio,
+            self.cores_left,
+            self.others_cpu_s,
+            self.ratio_left,
             self.verified,
             self.skipped,
             self.peak_rss_mib,
@@ -112,7 +124,9 @@ impl BenchReport {
             .iter()
             .map(|(_, r)| *r)
             .fold(0.0f64, f64::max);
-        s.push_str(&format!("over-fetch (received ÷ kept) worst relay {worst:.4}\n"));
+        s.push_str(&format!(
+            "over-fetch (received ÷ kept) worst relay {worst:.4}\n"
+        ));
         s
     }
 }
@@ -122,17 +136,64 @@ pub fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
 }
 
+/// Busy CPU time of the whole machine so far (all cores, from /proc/stat), in seconds.
+fn machine_busy_secs() -> f64 {
+    let Ok(text) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = text.lines().next() else {
+        return 0.0;
+    };
+    // user nice system idle iowait irq softirq steal …
+    let v: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    if v.len() < 8 {
+        return 0.0;
+    }
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    busy / hz.max(1.0)
+}
+
+/// CPU time used by this process (all threads), in seconds.
+fn own_cpu_secs() -> f64 {
+    // SAFETY: getrusage writes into the struct we pass.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return 0.0;
+    }
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(ru.ru_utime) + t(ru.ru_stime)
+}
+
+/// Returns freed heap to the OS and restarts the peak-RSS counter, so the figure covers the
+/// sync alone and not the corpus loaded before it.
+fn reset_peak_rss() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
 /// Single-core schnorr verifications per second over `events` (all distinct, none cached).
 pub fn measure_verify_per_core(events: &[Event]) -> f64 {
-    let seen = Arc::new(SeenSet::new(events.len() * 2 + 1024));
+    let seen = Arc::new(Gate::new(events.len() * 2 + 1024));
     let mut v = Verifier::new(seen, rand::random(), 65_536);
     let t = Instant::now();
     let mut ok = 0u64;
@@ -167,7 +228,11 @@ pub fn corpus(spec: &BenchSpec) -> anyhow::Result<Vec<GenEvent>> {
     }
     std::fs::create_dir_all(&spec.dir)
         .with_context(|| format!("cannot create {}", spec.dir.display()))?;
-    eprintln!("generating {} signed events (cached in {})...", spec.events, path.display());
+    eprintln!(
+        "generating {} signed events (cached in {})...",
+        spec.events,
+        path.display()
+    );
     let evs = gen::generate(&GenSpec {
         count: spec.events,
         seed: spec.seed,
@@ -205,12 +270,17 @@ impl Drop for Relays {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn wait_listening(port: u16) -> anyhow::Result<()> {
     for _ in 0..600 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -250,7 +320,11 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
         urls.push(format!("ws://127.0.0.1:{port}"));
     }
     for u in &urls {
-        let port: u16 = u.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+        let port: u16 = u
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0);
         wait_listening(port).await?;
     }
 
@@ -291,19 +365,40 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
         .collect();
     drop(events);
 
-    let report = sync_once(&cfg, pool.clone(), relays, &SyncOptions { progress: true, ..Default::default() }, None).await?;
+    reset_peak_rss();
+    let busy0 = machine_busy_secs();
+    let own0 = own_cpu_secs();
+    let report = sync_once(
+        &cfg,
+        pool.clone(),
+        relays,
+        &SyncOptions {
+            progress: true,
+            ..Default::default()
+        },
+        None,
+    )
+    .await?;
     let peak = peak_rss_mib();
+    let others_cpu = ((machine_busy_secs() - busy0) - (own_cpu_secs() - own0)).max(0.0);
     drop(children);
 
     // Check the archive before printing any figure.
     let conn = pool.get().await?;
-    let n: i64 = conn.query_one("SELECT count(*) FROM events", &[]).await?.get(0);
+    let n: i64 = conn
+        .query_one("SELECT count(*) FROM events", &[])
+        .await?
+        .get(0);
     let sightings: i64 = conn
         .query_one("SELECT count(*) FROM events_relays", &[])
         .await?
         .get(0);
     if n as usize != distinct.len() {
-        bail!("bench check failed: {} events archived, {} expected", n, distinct.len());
+        bail!(
+            "bench check failed: {} events archived, {} expected",
+            n,
+            distinct.len()
+        );
     }
     if sightings as usize != expected_frames {
         bail!("bench check failed: {sightings} sightings, {expected_frames} expected");
@@ -342,9 +437,14 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
 
     let frames: u64 = report.relays.iter().map(|r| r.received).sum();
     let secs = report.elapsed.as_secs_f64().max(1e-9);
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let limit = verify_per_core * cores as f64;
     let eps = n as f64 / secs;
+    // Cores left to the engine: what PostgreSQL and the relay processes did not use.
+    let cores_left = (cores as f64 - others_cpu / secs).clamp(0.1, cores as f64);
+    let limit_left = verify_per_core * cores_left;
     Ok(BenchReport {
         events: n as u64,
         frames,
@@ -355,13 +455,22 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
         cores,
         verify_limit: limit,
         ratio: eps / limit.max(1e-9),
+        cores_left,
+        verify_limit_left: limit_left,
+        ratio_left: eps / limit_left.max(1e-9),
+        others_cpu_s: others_cpu,
         peak_rss_mib: peak,
         verify_busy_s: report.verify_busy.as_secs_f64(),
         sink_write_s: report.sink_write.as_secs_f64(),
         overfetch: report
             .relays
             .iter()
-            .map(|r| (r.url.clone(), r.received as f64 / (r.committed.max(1)) as f64))
+            .map(|r| {
+                (
+                    r.url.clone(),
+                    r.received as f64 / (r.committed.max(1)) as f64,
+                )
+            })
             .collect(),
         verified: report.verified,
         skipped: report.verify_skipped,

@@ -28,6 +28,10 @@ pub struct Config {
     pub net: Net,
     /// Seed relay list.
     pub seeds: Seeds,
+    /// Relay health checks (NIP-11, NIP-66) and NIP-66 publishing.
+    pub monitor: Monitor,
+    /// Relay discovery (seed file, HTTP lists, hints in events) and the relay registry.
+    pub finder: Finder,
     /// Health, readiness, metrics and the read-only REST API.
     pub http: Http,
     /// The file this was read from (for error messages).
@@ -292,6 +296,90 @@ impl Default for Http {
     }
 }
 
+/// `[[finder.http]]`: one HTTP relay list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinderHttp {
+    /// The list's http(s) URL.
+    pub url: String,
+    /// Dot-separated path to the array of relays in the JSON document ("" = top level).
+    #[serde(default)]
+    pub json_path: String,
+    /// Seconds between two fetches of this list.
+    #[serde(default = "default_list_cooldown")]
+    pub cooldown: f64,
+}
+
+fn default_list_cooldown() -> f64 {
+    86_400.0
+}
+
+/// `[finder]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Finder {
+    /// Run the finder inside `run` (and `sync` over the whole registry).
+    pub enabled: bool,
+    /// HTTP relay lists.
+    pub http: Vec<FinderHttp>,
+    /// Largest HTTP list response (bytes).
+    pub max_response_bytes: usize,
+    /// Seconds allowed for one HTTP list fetch.
+    pub http_timeout: f64,
+    /// Candidate validations at once.
+    pub validate_concurrency: usize,
+    /// Seconds for one validation of a clearnet/local relay (connect, REQ, EOSE).
+    pub validate_timeout: f64,
+    /// Seconds for one validation through the SOCKS5 proxy.
+    pub validate_timeout_tor: f64,
+    /// Failed validations before a candidate is dropped.
+    pub max_attempts: u32,
+    /// Seconds before a failed candidate is tried again; doubles with each failure.
+    pub backoff: f64,
+    /// Longest wait between two validations of a candidate, seconds.
+    pub backoff_max: f64,
+    /// Most active candidates.
+    pub max_candidates: usize,
+    /// Seconds after which a dropped candidate is forgotten (and may be found again).
+    pub forget_after: f64,
+    /// Relay hints buffered between dedupe and the finder (beyond: dropped and counted).
+    pub hints_channel: usize,
+    /// Scan the events archived before the finder ran for relay hints (once).
+    pub catchup: bool,
+    /// Events per catch-up page.
+    pub catchup_batch: usize,
+    /// Seconds between re-reads of the relays table and of the relays' limits by the
+    /// connector supervisor (newly validated relays are started at once regardless).
+    pub refresh: f64,
+    /// Longest pause of a relay whose connector keeps failing, seconds (the pause starts at
+    /// `sync.interval` and doubles).
+    pub pause_max: f64,
+}
+
+impl Default for Finder {
+    fn default() -> Self {
+        Finder {
+            enabled: true,
+            http: Vec::new(),
+            max_response_bytes: 8 << 20,
+            http_timeout: 30.0,
+            validate_concurrency: 20,
+            validate_timeout: 15.0,
+            validate_timeout_tor: 60.0,
+            max_attempts: 5,
+            backoff: 600.0,
+            backoff_max: 86_400.0,
+            max_candidates: 100_000,
+            forget_after: 30.0 * 86_400.0,
+            hints_channel: 4096,
+            catchup: true,
+            catchup_batch: 2000,
+            refresh: 60.0,
+            pause_max: 86_400.0,
+        }
+    }
+}
+
 /// `[seeds]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -305,6 +393,153 @@ impl Default for Seeds {
         Seeds {
             file: PathBuf::from("seeds/relays.txt"),
         }
+    }
+}
+
+/// `[monitor]`
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Monitor {
+    /// Run the monitor inside `bigbrotr run`.
+    pub enabled: bool,
+    /// Long-running mode: seconds between two passes over the registry.
+    pub interval: f64,
+    /// Clearnet and local relays checked at once.
+    pub max_parallel_clearnet: usize,
+    /// Tor/I2P/Lokinet relays checked at once (through `net.socks5`).
+    pub max_parallel_tor: usize,
+    /// Seconds allowed for each check step (DNS, NIP-11, TLS, open, read, write), clearnet.
+    pub timeout_clearnet: f64,
+    /// The same for overlay networks.
+    pub timeout_tor: f64,
+    /// Largest NIP-11 document fetched (bytes).
+    pub nip11_max_bytes: usize,
+    /// Hex secret key signing the write probe and the NIP-66 events; empty = no write check,
+    /// no publishing. Env `BIGBROTR_MONITOR_PRIVATE_KEY`.
+    pub private_key: String,
+    /// Kind of the write probe event.
+    pub write_kind: u16,
+    /// Relays the kind 30166/10166 events are published to; empty = no publishing.
+    pub publish_relays: Vec<String>,
+    /// Nameserver `ip:port` for the DNS check; empty = the system's resolv.conf.
+    pub dns_server: String,
+    /// PEM file of extra trusted CA certificates (besides the webpki roots); empty = none.
+    pub tls_ca_file: String,
+    /// MaxMind City database (.mmdb) for geolocation; empty = no geo check.
+    pub geoip_db: String,
+    /// MaxMind ASN database (.mmdb); empty = no ASN lookup.
+    pub asn_db: String,
+    /// The monitor's own geohash, announced in kind 10166; empty = none.
+    pub geohash: String,
+}
+
+impl Default for Monitor {
+    fn default() -> Self {
+        Monitor {
+            enabled: true,
+            interval: 3600.0,
+            max_parallel_clearnet: 50,
+            max_parallel_tor: 10,
+            timeout_clearnet: 10.0,
+            timeout_tor: 30.0,
+            nip11_max_bytes: 256 << 10,
+            private_key: String::new(),
+            write_kind: 20166,
+            publish_relays: Vec::new(),
+            dns_server: String::new(),
+            tls_ca_file: String::new(),
+            geoip_db: String::new(),
+            asn_db: String::new(),
+            geohash: String::new(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Monitor {
+    // Hand-written so that printing the configuration never prints the secret key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("interval", &self.interval)
+            .field("max_parallel_clearnet", &self.max_parallel_clearnet)
+            .field("max_parallel_tor", &self.max_parallel_tor)
+            .field("timeout_clearnet", &self.timeout_clearnet)
+            .field("timeout_tor", &self.timeout_tor)
+            .field("nip11_max_bytes", &self.nip11_max_bytes)
+            .field(
+                "private_key",
+                &if self.private_key.is_empty() {
+                    ""
+                } else {
+                    "***"
+                },
+            )
+            .field("write_kind", &self.write_kind)
+            .field("publish_relays", &self.publish_relays)
+            .field("dns_server", &self.dns_server)
+            .field("tls_ca_file", &self.tls_ca_file)
+            .field("geoip_db", &self.geoip_db)
+            .field("asn_db", &self.asn_db)
+            .field("geohash", &self.geohash)
+            .finish()
+    }
+}
+
+impl Monitor {
+    /// Checks the `[monitor]` values; errors name `file` and the key.
+    pub fn validate(&self, file: &str) -> anyhow::Result<()> {
+        let checks: [(bool, &str, &str); 6] = [
+            (self.interval > 0.0, "interval", "must be positive"),
+            (
+                self.max_parallel_clearnet >= 1,
+                "max_parallel_clearnet",
+                "must be at least 1",
+            ),
+            (
+                self.max_parallel_tor >= 1,
+                "max_parallel_tor",
+                "must be at least 1",
+            ),
+            (
+                self.timeout_clearnet > 0.0,
+                "timeout_clearnet",
+                "must be positive",
+            ),
+            (self.timeout_tor > 0.0, "timeout_tor", "must be positive"),
+            (
+                self.nip11_max_bytes >= 1024,
+                "nip11_max_bytes",
+                "must be at least 1024",
+            ),
+        ];
+        for (ok, key, msg) in checks {
+            if !ok {
+                bail!("{file}: key `monitor.{key}` {msg}");
+            }
+        }
+        if !self.private_key.is_empty() && self.keypair().is_none() {
+            bail!("{file}: key `monitor.private_key` (or BIGBROTR_MONITOR_PRIVATE_KEY) must be a 64-digit hex secret key");
+        }
+        if !self.dns_server.is_empty() && self.dns_server.parse::<std::net::SocketAddr>().is_err() {
+            bail!(
+                "{file}: key `monitor.dns_server` must be ip:port (e.g. \"9.9.9.9:53\") or empty, got {:?}",
+                self.dns_server
+            );
+        }
+        for (i, u) in self.publish_relays.iter().enumerate() {
+            if let Err(e) = RelayUrl::parse(u, true) {
+                bail!("{file}: key `monitor.publish_relays[{i}]`: {u:?} is not a relay URL ({e})");
+            }
+        }
+        if !self.publish_relays.is_empty() && self.private_key.is_empty() {
+            bail!("{file}: key `monitor.publish_relays` needs `monitor.private_key` to sign the events");
+        }
+        Ok(())
+    }
+
+    /// The signing key, when `private_key` is a valid hex secret key.
+    pub fn keypair(&self) -> Option<secp256k1::Keypair> {
+        let bytes: [u8; 32] = hex::decode(self.private_key.trim()).ok()?.try_into().ok()?;
+        secp256k1::Keypair::from_secret_bytes(bytes).ok()
     }
 }
 
@@ -379,12 +614,16 @@ impl Config {
         if let Ok(v) = std::env::var("BIGBROTR_ALLOW_LOCAL") {
             self.sync.allow_local = matches!(v.as_str(), "1" | "true" | "yes");
         }
+        if let Ok(v) = std::env::var("BIGBROTR_MONITOR_PRIVATE_KEY") {
+            self.monitor.private_key = v;
+        }
         Ok(())
     }
 
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> anyhow::Result<()> {
         let f = self.name();
+        self.monitor.validate(&f)?;
         let checks: [(bool, &str, &str); 9] = [
             (self.sync.limit >= 1, "sync.limit", "must be at least 1"),
             (
@@ -439,8 +678,7 @@ impl Config {
                 self.net.socks5
             );
         }
-        if !self.http.listen.is_empty()
-            && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
         {
             bail!(
                 "{f}: key `http.listen` must be ip:port (e.g. \"127.0.0.1:8080\") or empty, got {:?}",
@@ -449,6 +687,51 @@ impl Config {
         }
         if self.http.max_limit == 0 {
             bail!("{f}: key `http.max_limit` must be at least 1");
+        }
+        let fnd = &self.finder;
+        let finder_checks: [(bool, &str, &str); 5] = [
+            (
+                fnd.validate_concurrency >= 1,
+                "finder.validate_concurrency",
+                "must be at least 1",
+            ),
+            (
+                fnd.max_attempts >= 1,
+                "finder.max_attempts",
+                "must be at least 1",
+            ),
+            (
+                fnd.hints_channel >= 1,
+                "finder.hints_channel",
+                "must be at least 1",
+            ),
+            (
+                fnd.catchup_batch >= 1,
+                "finder.catchup_batch",
+                "must be at least 1",
+            ),
+            (
+                fnd.max_response_bytes >= 1,
+                "finder.max_response_bytes",
+                "must be at least 1",
+            ),
+        ];
+        for (ok, key, msg) in finder_checks {
+            if !ok {
+                bail!("{f}: key `{key}` {msg}");
+            }
+        }
+        for (i, h) in fnd.http.iter().enumerate() {
+            let lower = h.url.to_ascii_lowercase();
+            if !(lower.starts_with("http://") || lower.starts_with("https://")) {
+                bail!(
+                    "{f}: key `finder.http[{i}].url` must be an http:// or https:// URL, got {:?}",
+                    h.url
+                );
+            }
+            if h.cooldown.is_nan() || h.cooldown < 0.0 {
+                bail!("{f}: key `finder.http[{i}].cooldown` must be a number of seconds >= 0");
+            }
         }
         for (i, o) in self.sync.overrides.iter().enumerate() {
             if let Err(e) = RelayUrl::parse(&o.url, true) {

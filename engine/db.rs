@@ -21,7 +21,7 @@ const MIGRATION_LOCK_KEY: i64 = 0x6262_7472_6d69_6772;
 const RELAY_CHUNK: usize = 1000;
 
 /// The schema files, in application order.
-static MIGRATIONS: [(i32, &str, &str); 5] = [
+static MIGRATIONS: [(i32, &str, &str); 7] = [
     (
         1,
         "extensions_and_utils",
@@ -31,6 +31,12 @@ static MIGRATIONS: [(i32, &str, &str); 5] = [
     (3, "indexes", include_str!("../sql/003_indexes.sql")),
     (4, "procedures", include_str!("../sql/004_procedures.sql")),
     (5, "views", include_str!("../sql/005_views.sql")),
+    (6, "candidates", include_str!("../sql/006_candidates.sql")),
+    (
+        7,
+        "readonly_role",
+        include_str!("../sql/007_readonly_role.sql"),
+    ),
 ];
 
 /// Opens a pool of `size` connections to `url` (a libpq-style key=value string or a postgres:// URL); fails fast with a message naming the URL (password masked) if the server is unreachable.

@@ -5,9 +5,12 @@ pub mod bench;
 pub mod config;
 pub mod db;
 pub mod embedded_pg;
+pub mod finder;
 pub mod gen;
 pub mod http;
+pub mod monitor;
 pub mod pipeline;
+pub mod registry;
 pub mod state;
 pub mod sync;
 pub mod testrelay;
@@ -109,7 +112,9 @@ pub async fn seed_if_empty(cfg: &config::Config, pool: &db::Pool) -> anyhow::Res
             let n = register_relays(pool, &relays).await?;
             tracing::info!(new = n, file = %cfg.seeds.file.display(), "registry was empty: loaded the seed relays");
         }
-        Err(e) => tracing::warn!(error = %e, "registry is empty and the seed list is unreadable (key `seeds.file`)"),
+        Err(e) => {
+            tracing::warn!(error = %e, "registry is empty and the seed list is unreadable (key `seeds.file`)")
+        }
     }
     Ok(())
 }

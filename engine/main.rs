@@ -50,6 +50,20 @@ enum Cmd {
     },
     /// Long-running service: keep every registry relay synced (backfill, then live).
     Run,
+    /// Check relays' health (NIP-11, NIP-66: DNS, TLS, open/read/write RTTs), store the
+    /// results, publish kind 30166/10166 when `monitor.publish_relays` is set.
+    Monitor {
+        /// One pass over the registry, print a report and exit; otherwise a pass every
+        /// `monitor.interval` seconds until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+    },
+    /// Discover relays: seed file, HTTP lists and hints in archived events; validate candidates.
+    Finder {
+        /// Run every source once, validate the due candidates, print a report and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// End-to-end ingestion benchmark on local relays (no network needed).
     Bench {
         /// Distinct events in the corpus.
@@ -222,8 +236,26 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 let report = sync::sync_once(&cfg, pool, urls, &opts, Some(stop_rx)).await?;
                 print!("{}", report.render());
             } else {
-                sync::run_forever(&cfg, pool, urls, stop_rx, |_| {}).await?;
+                let http = bigbrotr::http::Http::bind(&cfg, &archive.url, pool.clone()).await?;
+                sync::run_forever(
+                    &cfg,
+                    pool,
+                    urls,
+                    stop_rx,
+                    bigbrotr::http::serve_on_start(http),
+                )
+                .await?;
             }
+        }
+        Cmd::Finder { once } => {
+            if !once {
+                anyhow::bail!(
+                    "the finder runs continuously inside `bigbrotr run`; use `bigbrotr finder --once` for one pass"
+                );
+            }
+            let archive = bigbrotr::open_database(&cfg).await?;
+            let report = bigbrotr::finder::run_once(&cfg, archive.pool.clone()).await?;
+            print!("{}", report.render());
         }
         Cmd::Run => {
             let archive = bigbrotr::open_database(&cfg).await?;
@@ -231,7 +263,41 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             bigbrotr::seed_if_empty(&cfg, &pool).await?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             sync::stop_on_signals(stop_tx);
-            sync::run_forever(&cfg, pool, Vec::new(), stop_rx, |_| {}).await?;
+            let http = bigbrotr::http::Http::bind(&cfg, &archive.url, pool.clone()).await?;
+            // The monitor runs beside the sync; what it learns reaches the connectors through
+            // the registry (NIP-11 limits, reachability).
+            let monitor = cfg.monitor.enabled.then(|| {
+                let (cfg, pool, stop) = (cfg.clone(), pool.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = bigbrotr::monitor::run_forever(&cfg, &pool, stop).await {
+                        tracing::warn!(error = %format!("{e:#}"), "monitor stopped");
+                    }
+                })
+            });
+            sync::run_forever(
+                &cfg,
+                pool,
+                Vec::new(),
+                stop_rx,
+                bigbrotr::http::serve_on_start(http),
+            )
+            .await?;
+            if let Some(m) = monitor {
+                let _ = m.await;
+            }
+        }
+        Cmd::Monitor { once } => {
+            let archive = bigbrotr::open_database(&cfg).await?;
+            let pool = archive.pool.clone();
+            bigbrotr::seed_if_empty(&cfg, &pool).await?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            sync::stop_on_signals(stop_tx);
+            if once {
+                let report = bigbrotr::monitor::run_once(&cfg, &pool, None, Some(stop_rx)).await?;
+                print!("{}", report.render());
+            } else {
+                bigbrotr::monitor::run_forever(&cfg, &pool, stop_rx).await?;
+            }
         }
         Cmd::Db { cmd } => {
             if !cfg.database.url.is_empty() {

@@ -2,12 +2,15 @@
 //!
 //! ```text
 //! connect ×N ──RawEvent──► verify pool ──Verified──► dedupe ──Item──► batch ──Batch──► sink
-//!     ▲  (bounded)             (bounded)               (bounded)        (bounded)     │
+//!     ▲  (bounded)             (bounded)              │ (bounded)       (bounded)     │
+//!     │                                               └─ relay hints ──► finder       │
+//!     │                                                  (bounded, optional, lossy)   │
 //!     └──────────── cursor acks: a relay's progress advances past committed events ◄──┘
 //! ```
 //!
 //! Every arrow is a bounded flume channel: a slow database fills them, the verify threads
-//! block, and the connectors stop reading their sockets. Shutdown runs front to back: the
+//! block, and the connectors stop reading their sockets. The hints channel is the exception
+//! that never pushes back: dedupe drops (and counts) a hint when the finder is behind. Shutdown runs front to back: the
 //! connectors stop, each stage drains its input and closes its output, the sink commits the
 //! last batch and persists the cursors.
 
@@ -50,6 +53,16 @@ pub struct Pipeline {
 impl Pipeline {
     /// Starts verify, dedupe, batch and sink; connectors are added with [`Pipeline::connector`].
     pub fn start(cfg: &Config, pool: Pool) -> Pipeline {
+        Self::start_with_hints(cfg, pool, None)
+    }
+
+    /// Like [`Pipeline::start`]; dedupe also sends the relay URLs named by new events on
+    /// `hints` (for the finder).
+    pub fn start_with_hints(
+        cfg: &Config,
+        pool: Pool,
+        hints: Option<flume::Sender<String>>,
+    ) -> Pipeline {
         let p = &cfg.pipeline;
         let (raw_tx, raw_rx) = flume::bounded::<RawEvent>(p.raw_channel);
         let (verified_tx, verified_rx) = flume::bounded(p.verified_channel);
@@ -65,7 +78,10 @@ impl Pipeline {
             verified_tx,
             cursor_tx.clone(),
         );
-        let dedupe = Dedupe::new(p.dedupe_capacity);
+        let mut dedupe = Dedupe::new(p.dedupe_capacity);
+        if let Some(tx) = hints {
+            dedupe = dedupe.with_hints(tx);
+        }
         let dedupe_stats = dedupe.stats.clone();
         let sink_stats = Arc::new(SinkStats::default());
 
@@ -117,6 +133,23 @@ impl Pipeline {
             self.raw_tx.clone(),
             self.cursor_tx.clone(),
             self.stop_tx.subscribe(),
+        )
+    }
+
+    /// A connector for `relay` that stops when `stop` turns true (or its sender is dropped),
+    /// for supervisors that stop relays one by one; [`Pipeline::stop`] does not reach it.
+    pub fn connector_with_stop(
+        &self,
+        relay: Relay,
+        sync: Arc<SyncConfig>,
+        stop: watch::Receiver<bool>,
+    ) -> Connector {
+        Connector::new(
+            relay,
+            sync,
+            self.raw_tx.clone(),
+            self.cursor_tx.clone(),
+            stop,
         )
     }
 

@@ -329,96 +329,25 @@ pub async fn sync_once(
     })
 }
 
-/// Keeps every relay synced until `stop`: each relay runs a connector (backfill, then live);
-/// one that ends or gives up is started again after `sync.interval`. New relays in the
-/// registry are picked up every `refresh`.
+/// Keeps every relay synced until `stop`: the registry's live relay set (or only `explicit`
+/// relays) drives the connectors (backfill, then live); relays found and validated by the
+/// finder, which runs when `explicit` is empty, are started without a restart, failing relays
+/// are paused with backoff, and the monitor's limits stop, pause and retune connectors (see
+/// [`crate::registry`]).
 pub async fn run_forever(
     cfg: &Config,
     pool: Pool,
     explicit: Vec<RelayUrl>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
     on_start: impl FnOnce(Arc<EngineState>),
 ) -> anyhow::Result<()> {
-    let cursors = load_cursors(&pool).await?;
-    let pipeline = Pipeline::start(cfg, pool.clone());
-    let state = Arc::new(EngineState::new(pipeline.stats.clone()));
-    state.ready.store(true, Relaxed);
-    on_start(state.clone());
-    let p_stop = pipeline.stop_sender();
-    let sem = Arc::new(Semaphore::new(cfg.sync.max_parallel));
-    let mut ctxs: HashMap<String, Relay> = HashMap::new();
-    let mut running: HashMap<String, tokio::task::JoinHandle<Outcome>> = HashMap::new();
-    let mut next_at: HashMap<String, Instant> = HashMap::new();
-    let interval = Duration::from_secs_f64(cfg.sync.interval.max(1.0));
-    let mut refresh = tokio::time::interval(Duration::from_secs(5));
-    loop {
-        tokio::select! {
-            _ = stop.changed() => {
-                if *stop.borrow() { break; }
-            }
-            _ = refresh.tick() => {}
-        }
-        let urls: Vec<RelayUrl> = if explicit.is_empty() {
-            match crate::db::list_relays(&pool).await {
-                Ok(rows) => rows
-                    .into_iter()
-                    .filter_map(|(u, _)| RelayUrl::parse(&u, cfg.sync.allow_local).ok())
-                    .collect(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the relay registry");
-                    Vec::new()
-                }
-            }
-        } else {
-            explicit.clone()
-        };
-        running.retain(|url, h| {
-            if h.is_finished() {
-                next_at.insert(url.clone(), Instant::now() + interval);
-                false
-            } else {
-                true
-            }
-        });
-        if let Ok(mut r) = state.running.write() {
-            *r = running.keys().cloned().collect();
-        }
-        for url in urls {
-            let key = url.to_string();
-            if running.contains_key(&key) || next_at.get(&key).is_some_and(|t| *t > Instant::now())
-            {
-                continue;
-            }
-            if url.network().is_overlay() && cfg.net.socks5.is_empty() {
-                continue;
-            }
-            let ctx = ctxs
-                .entry(key.clone())
-                .or_insert_with(|| {
-                    let ctx =
-                        RelayCtx::new(url.clone(), cursors.get(&key).copied().unwrap_or_default());
-                    if let Ok(mut m) = state.relays.write() {
-                        m.insert(key.clone(), ctx.clone());
-                    }
-                    ctx
-                })
-                .clone();
-            let conn = pipeline.connector(ctx, Arc::new(cfg.sync_for(&url, false)));
-            let sem = sem.clone();
-            running.insert(
-                key,
-                tokio::spawn(async move {
-                    let _permit = sem.acquire_owned().await;
-                    conn.run().await
-                }),
-            );
-        }
-    }
-    state.ready.store(false, Relaxed);
-    let _ = p_stop.send(true);
-    for (_, h) in running {
-        let _ = h.await;
-    }
-    pipeline.finish().await;
-    Ok(())
+    crate::registry::run(
+        cfg,
+        pool,
+        explicit,
+        stop,
+        on_start,
+        Arc::new(crate::registry::MonitorLimits),
+    )
+    .await
 }

@@ -23,6 +23,10 @@ BEGIN
         EXCEPTION
             WHEN duplicate_object OR unique_violation THEN
                 NULL;
+            -- Another database on this server migrating at the same moment updated the
+            -- same catalog row ("tuple concurrently updated"): the role exists either way.
+            WHEN internal_error THEN
+                NULL;
             WHEN insufficient_privilege THEN
                 RAISE WARNING 'cannot create role bigbrotr_reader (%): set http.readonly_database_url for the HTTP API', SQLERRM;
                 RETURN;
@@ -34,8 +38,12 @@ BEGIN
     BEGIN
         ALTER ROLE bigbrotr_reader SET default_transaction_read_only = on;
         COMMENT ON ROLE bigbrotr_reader IS 'Read-only role of the bigbrotr HTTP API';
-    EXCEPTION WHEN insufficient_privilege THEN
-        RAISE WARNING 'cannot configure role bigbrotr_reader: %', SQLERRM;
+    EXCEPTION
+        WHEN insufficient_privilege THEN
+            RAISE WARNING 'cannot configure role bigbrotr_reader: %', SQLERRM;
+        -- A concurrent migration of another database set the same role settings.
+        WHEN internal_error THEN
+            NULL;
     END;
 
     GRANT USAGE ON SCHEMA public TO bigbrotr_reader;

@@ -7,6 +7,8 @@
 pub mod batch;
 pub mod connect;
 pub mod dedupe;
+pub mod finder;
 pub mod model;
+pub mod monitor;
 pub mod sink;
 pub mod verify;

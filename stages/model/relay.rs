@@ -109,11 +109,14 @@ impl RelayUrl {
         u.set_fragment(None);
         let host = match u.host() {
             Some(url::Host::Domain(d)) => {
-                let d = d.trim_end_matches('.').to_string();
+                let d = d.trim_end_matches('.');
                 if d.is_empty() {
                     return Err(UrlError::NoHost);
                 }
-                url::Host::Domain(d)
+                // Dropping the dots can turn a name into an IPv4 address ("0.." is "0", which
+                // is 0.0.0.0): parse the host again so it is written and classified as what
+                // it now is, and normalizing twice gives the same URL.
+                url::Host::parse(d).map_err(|_| UrlError::Unparseable)?
             }
             Some(url::Host::Ipv4(a)) => url::Host::Ipv4(a),
             Some(url::Host::Ipv6(a)) => url::Host::Ipv6(a),
@@ -241,6 +244,11 @@ mod tests {
         );
         assert_eq!(n("wss://bücher.example"), "wss://xn--bcher-kva.example");
         assert_eq!(n("ws://[0:0:0:0:0:0:0:1]:7777"), "ws://[::1]:7777");
+        assert_eq!(n("wss://0.."), "wss://0.0.0.0");
+        assert_eq!(
+            RelayUrl::parse("wss://127.0.0.1..", false),
+            Err(UrlError::Local)
+        );
         assert_eq!(n("https://x.com"), "ERR scheme is not ws or wss");
         let tor = RelayUrl::parse("ws://abc.onion", false).expect("tor");
         assert_eq!(tor.network(), Network::Tor);
@@ -259,6 +267,42 @@ mod tests {
     }
 
     proptest! {
+        /// Normalization never panics, is idempotent, keeps the network, respects the length
+        /// cap and never lets a local address through when local relays are refused, over
+        /// URL-shaped inputs (mixed case, IPv4/IPv6 hosts, IDN, ports, dots, paths, queries).
+        #[test]
+        fn idempotent_over_url_shapes(
+            scheme in "(?i)(ws|wss)",
+            host in prop_oneof![
+                "[a-zA-Z0-9ü-]{1,12}(\\.[a-zA-Z0-9-]{1,8}){0,3}\\.?",
+                "(10|127|192|172|8|100|169)\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.?",
+                "\\[(::ffff:)?[0-9a-fA-F:]{2,20}\\]",
+                "[a-z2-7]{16}\\.onion",
+            ],
+            port in proptest::option::of(any::<u16>()),
+            path in "(/[a-zA-Z0-9%._~ -]{0,6}){0,3}/?",
+            tail in "(\\?[a-z=&]{0,6})?(#[a-z]{0,4})?",
+        ) {
+            let input = match port {
+                Some(p) => format!("{scheme}://{host}:{p}{path}{tail}"),
+                None => format!("{scheme}://{host}{path}{tail}"),
+            };
+            if let Ok(u) = RelayUrl::parse(&input, true) {
+                prop_assert!(u.as_str().len() <= MAX_URL_LEN);
+                prop_assert!(!u.as_str().contains('?') && !u.as_str().contains('#'));
+                prop_assert!(!u.as_str().ends_with('/'));
+                let again = RelayUrl::parse(u.as_str(), true).expect("normalized parses");
+                prop_assert_eq!(again.as_str(), u.as_str());
+                prop_assert_eq!(again.network(), u.network());
+                let strict = RelayUrl::parse(&input, false);
+                if u.network() == Network::Local {
+                    prop_assert_eq!(strict, Err(UrlError::Local));
+                } else {
+                    prop_assert_eq!(strict.map(|s| s.to_string()), Ok(u.to_string()));
+                }
+            }
+        }
+
         #[test]
         fn idempotent_and_total(s in "\\PC{0,60}", host in "[a-zA-Z0-9.-]{1,20}", port in proptest::option::of(any::<u16>()), path in "[a-zA-Z0-9/]{0,10}") {
             let _ = RelayUrl::parse(&s, true);

@@ -1,0 +1,270 @@
+//! The engine's HTTP server: `/health`, `/ready`, `/metrics` (Prometheus text), and the
+//! read-only REST API over the archive with its OpenAPI document at `/openapi.json`.
+//!
+//! The API reads through its own small pool connected as the read-only role
+//! `bigbrotr_reader` (migration 007), every connection started with `statement_timeout` and
+//! `default_transaction_read_only`, so no request can write or run unbounded. Health,
+//! readiness and the registry counts in `/metrics` use the engine's pool.
+
+pub mod api;
+pub mod health;
+pub mod metrics;
+
+use crate::config::{self, Config};
+use crate::db::Pool;
+use crate::state::EngineState;
+use anyhow::Context;
+use axum::routing::get;
+use axum::Router;
+use bb8_postgres::PostgresConnectionManager;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+
+/// The database role the API connects as when `http.readonly_database_url` is empty.
+pub const READER_ROLE: &str = "bigbrotr_reader";
+
+/// Connections in the API's pool: requests beyond this wait (up to [`READER_CHECKOUT`]).
+const READER_POOL_SIZE: u32 = 4;
+
+/// Longest a request waits for a pooled API connection before it is answered 503.
+const READER_CHECKOUT: Duration = Duration::from_secs(5);
+
+/// Longest the API's first connection may take at start.
+const READER_CONNECT: Duration = Duration::from_secs(10);
+
+/// What every handler sees.
+pub struct AppState {
+    /// The running engine's counters and readiness.
+    pub engine: Arc<EngineState>,
+    /// The engine's (writer) pool: readiness probe and registry counts.
+    pub pool: Pool,
+    /// The read-only pool of the API; `None` when `http.api` is off.
+    pub reader: Option<Pool>,
+    /// Largest `limit` honoured.
+    pub max_limit: i64,
+    /// Registry counts for `/metrics`, refreshed at most once a minute.
+    pub registry: metrics::RegistryCache,
+}
+
+/// A bound, not yet serving, HTTP server: bind it before the pipeline starts (so a busy port
+/// fails the start), then [`Http::spawn`] it with the engine's state.
+pub struct Http {
+    listener: tokio::net::TcpListener,
+    pool: Pool,
+    reader: Option<Pool>,
+    max_limit: u32,
+}
+
+impl Http {
+    /// Binds `http.listen` and, when `http.api` is on, opens the API's read-only pool;
+    /// `Ok(None)` when `http.listen` is empty (no HTTP server).
+    pub async fn bind(cfg: &Config, archive_url: &str, pool: Pool) -> anyhow::Result<Option<Http>> {
+        let http = &cfg.http;
+        if http.listen.is_empty() {
+            return Ok(None);
+        }
+        let listener = tokio::net::TcpListener::bind(&http.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (key `http.listen`)", http.listen))?;
+        let reader = if http.api {
+            Some(reader_pool(http, archive_url).await?)
+        } else {
+            None
+        };
+        Ok(Some(Http {
+            listener,
+            pool,
+            reader,
+            max_limit: http.max_limit,
+        }))
+    }
+
+    /// The address actually bound (useful with port 0).
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Starts serving with the running engine's state. Dropping the returned [`Server`]
+    /// leaves it running until the runtime ends; [`Server::shutdown`] stops it.
+    pub fn spawn(self, engine: Arc<EngineState>) -> Server {
+        let addr = self
+            .listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let api = self.reader.is_some();
+        let state = Arc::new(AppState {
+            engine,
+            pool: self.pool,
+            reader: self.reader,
+            max_limit: i64::from(self.max_limit.max(1)),
+            registry: metrics::RegistryCache::default(),
+        });
+        let app = router(state, api);
+        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let listener = self.listener;
+        tracing::info!(%addr, api, "HTTP server listening");
+        let task = tokio::spawn(async move {
+            let shutdown = async move {
+                // A dropped Server detaches: only an explicit shutdown stops serving.
+                if stop_rx.wait_for(|s| *s).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::warn!(error = %e, "HTTP server stopped");
+            }
+        });
+        Server {
+            addr,
+            stop: stop_tx,
+            task,
+        }
+    }
+}
+
+/// A serving HTTP server.
+pub struct Server {
+    addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting connections, lets requests in flight finish, and waits for that.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// The routes: health, readiness and metrics always; the API and its OpenAPI document when
+/// `api` is true. Unknown paths get a JSON 404.
+pub fn router(state: Arc<AppState>, api: bool) -> Router {
+    let mut r = Router::new()
+        .route("/health", get(health::health))
+        .route("/ready", get(health::ready))
+        .route("/metrics", get(metrics::metrics));
+    if api {
+        r = r
+            .route("/openapi.json", get(api::openapi_json))
+            .route("/api/relays", get(api::list_relays))
+            .route("/api/relays/{url}/metadata", get(api::relay_metadata))
+            .route(
+                "/api/relays/{url}/metadata/history",
+                get(api::relay_metadata_history),
+            )
+            .route("/api/events", get(api::events))
+            .route("/api/stats", get(api::stats))
+            .route("/api/stats/kinds", get(api::stats_kinds))
+            .route("/api/stats/pubkeys", get(api::stats_pubkeys))
+            .route("/api/stats/relays", get(api::stats_relays));
+    }
+    r.fallback(api::not_found).with_state(state)
+}
+
+/// The API's connection settings: `http.readonly_database_url`, or the archive's server and
+/// database as role [`READER_ROLE`] (no password: the embedded cluster trusts local
+/// connections); either way with `statement_timeout` and read-only transactions.
+pub fn reader_config(
+    http: &config::Http,
+    archive_url: &str,
+) -> anyhow::Result<tokio_postgres::Config> {
+    let mut c = if http.readonly_database_url.is_empty() {
+        // Parse errors here would show the writer's password: name the key instead.
+        let w = tokio_postgres::Config::from_str(archive_url)
+            .map_err(|_| anyhow::anyhow!("the archive's connection string does not parse"))?;
+        let mut c = tokio_postgres::Config::new();
+        for h in w.get_hosts() {
+            match h {
+                tokio_postgres::config::Host::Tcp(s) => {
+                    c.host(s);
+                }
+                #[cfg(unix)]
+                tokio_postgres::config::Host::Unix(p) => {
+                    c.host_path(p);
+                }
+            }
+        }
+        for a in w.get_hostaddrs() {
+            c.hostaddr(*a);
+        }
+        for p in w.get_ports() {
+            c.port(*p);
+        }
+        // libpq's default database is the user's name: keep the writer's, not the reader's.
+        if let Some(db) = w.get_dbname().or(w.get_user()) {
+            c.dbname(db);
+        }
+        if let Some(t) = w.get_connect_timeout() {
+            c.connect_timeout(*t);
+        }
+        c.user(READER_ROLE);
+        c
+    } else {
+        tokio_postgres::Config::from_str(&http.readonly_database_url).map_err(|_| {
+            anyhow::anyhow!("key `http.readonly_database_url` is not a valid connection string")
+        })?
+    };
+    let options = format!(
+        "{} -c statement_timeout={} -c default_transaction_read_only=on",
+        c.get_options().unwrap_or(""),
+        http.statement_timeout_ms
+    );
+    c.options(options.trim());
+    if c.get_application_name().is_none() {
+        c.application_name("bigbrotr-api");
+    }
+    Ok(c)
+}
+
+/// Opens the API's read-only pool (see [`reader_config`]); fails at once with a hint when
+/// the role cannot connect.
+pub async fn reader_pool(http: &config::Http, archive_url: &str) -> anyhow::Result<Pool> {
+    let config = reader_config(http, archive_url)?;
+    let who = config.get_user().unwrap_or("(default user)").to_string();
+    let hint =
+        "set `http.readonly_database_url`, or `http.api = false` to serve only health and metrics";
+    let probe = tokio::time::timeout(READER_CONNECT, config.connect(NoTls))
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "HTTP API: no answer from PostgreSQL as {who} within {}s; {hint}",
+                READER_CONNECT.as_secs()
+            )
+        })?
+        .map_err(|e| {
+            anyhow::anyhow!("HTTP API: cannot connect to PostgreSQL as {who}: {e}; {hint}")
+        })?;
+    drop(probe);
+    bb8::Pool::builder()
+        .max_size(READER_POOL_SIZE)
+        .connection_timeout(READER_CHECKOUT)
+        .build(PostgresConnectionManager::new(config, NoTls))
+        .await
+        .with_context(|| format!("HTTP API: cannot open a connection pool as {who}"))
+}
+
+/// The `on_start` callback of `sync::run_forever`: serves `http` (if configured) with the
+/// engine's state for the rest of the process.
+pub fn serve_on_start(http: Option<Http>) -> impl FnOnce(Arc<EngineState>) {
+    move |state| {
+        if let Some(h) = http {
+            // Dropping the handle detaches the server: it serves until the process exits,
+            // answering /ready with 503 while the pipeline drains.
+            drop(h.spawn(state));
+        }
+    }
+}
