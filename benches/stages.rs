@@ -147,7 +147,12 @@ fn bench_dedupe_batch(c: &mut Criterion) {
 /// Unsigned events with unique ids: the sink does not look at signatures, and signing a
 /// fresh corpus per iteration would dominate the bench.
 fn fake_events(n: usize, salt: u64) -> Vec<Event> {
-    let base = parsed(&corpus(1_000));
+    // Events holding U+0000 carry raw_canonical, whose hash must equal the id (a CHECK):
+    // changing their ids would break it, so they are left out here.
+    let base: Vec<Event> = parsed(&corpus(1_000))
+        .into_iter()
+        .filter(|e| !e.has_nul())
+        .collect();
     (0..n)
         .map(|i| {
             let mut e = base[i % base.len()].clone();
