@@ -63,3 +63,39 @@ async fn archives_everything_from_a_third_party_relay_once() {
     assert_eq!(again.events_inserted, 0);
     assert!(again.relays[0].received < 100, "{}", again.render());
 }
+
+/// A `.onion` relay is reached through the configured SOCKS5 proxy, which resolves the name
+/// (the proxy here sends every `.onion` name to 127.0.0.1, standing in for Tor).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn syncs_an_onion_relay_through_socks5() {
+    let events = generate(&spec(1_500, 8));
+    let relay = bigbrotr::testrelay::TestRelay::start(events.clone(), Default::default())
+        .await
+        .expect("relay");
+    let proxy = socks_proxy().await;
+    let onion = format!(
+        "ws://bigbrotrtestrelayxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx.onion:{}",
+        relay.port()
+    );
+    let (pool, db) = test_db().await;
+    let mut cfg = config(&db);
+    cfg.net.socks5 = proxy.addr.to_string();
+    cfg.sync.timeouts.tor = cfg.sync.timeouts.clearnet.clone();
+    let url = relay_url(&onion);
+    assert_eq!(url.network(), bigbrotr::stages::model::Network::Tor);
+    let report = sync_once(&cfg, pool.clone(), vec![url], &SyncOptions::default(), None)
+        .await
+        .expect("sync");
+    assert_same_ids(
+        &event_ids(&pool).await,
+        &ids(&events),
+        "archive through socks5",
+    );
+    assert!(sightings(&pool).await.iter().all(|(_, r)| r == &onion));
+    let names = proxy.names.lock().expect("lock").clone();
+    assert!(
+        names.iter().any(|n| n.ends_with(".onion")),
+        "the proxy resolved the onion name: {names:?}"
+    );
+    assert_eq!(report.relays[0].committed, 1_500);
+}

@@ -163,3 +163,86 @@ pub fn assert_same_ids(got: &BTreeSet<String>, want: &BTreeSet<String>, what: &s
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// A SOCKS5 proxy (no auth, CONNECT by name) that sends every `.onion` name to 127.0.0.1,
+// standing in for Tor: only the proxy resolves the names.
+// ---------------------------------------------------------------------------------------
+
+/// A running SOCKS5 test proxy.
+pub struct Socks {
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
+    /// Every name it was asked to CONNECT to.
+    pub names: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Socks {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts the proxy on 127.0.0.1.
+pub async fn socks_proxy() -> Socks {
+    use std::net::SocketAddr;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let names = Arc::new(Mutex::new(Vec::new()));
+    let seen = names.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut c, _)) = listener.accept().await else {
+                continue;
+            };
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut hello = [0u8; 2];
+                if c.read_exact(&mut hello).await.is_err() {
+                    return;
+                }
+                let mut methods = vec![0u8; usize::from(hello[1])];
+                if c.read_exact(&mut methods).await.is_err() || c.write_all(&[5, 0]).await.is_err()
+                {
+                    return;
+                }
+                let mut req = [0u8; 4];
+                if c.read_exact(&mut req).await.is_err() || req[1] != 1 || req[3] != 3 {
+                    return;
+                }
+                let mut len = [0u8; 1];
+                if c.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let mut name = vec![0u8; usize::from(len[0])];
+                let mut port = [0u8; 2];
+                if c.read_exact(&mut name).await.is_err() || c.read_exact(&mut port).await.is_err()
+                {
+                    return;
+                }
+                let name = String::from_utf8_lossy(&name).to_string();
+                seen.lock().expect("lock").push(name.clone());
+                let target = name
+                    .ends_with(".onion")
+                    .then(|| SocketAddr::from(([127, 0, 0, 1], u16::from_be_bytes(port))));
+                let upstream = match target {
+                    Some(t) => tokio::net::TcpStream::connect(t).await.ok(),
+                    None => None,
+                };
+                let Some(mut up) = upstream else {
+                    // Host unreachable.
+                    let _ = c.write_all(&[5, 4, 0, 1, 0, 0, 0, 0, 0, 0]).await;
+                    return;
+                };
+                if c.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut c, &mut up).await;
+                }
+            });
+        }
+    });
+    Socks { addr, names, task }
+}
