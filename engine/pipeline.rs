@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::db::Pool;
 use bigbrotr_stages::connect::{Connector, SyncConfig};
 use bigbrotr_stages::dedupe::{Dedupe, DedupeStats};
-use bigbrotr_stages::model::{RawEvent, Relay};
+use bigbrotr_stages::model::{RawEvent, Relay, CHUNK};
 use bigbrotr_stages::sink::SinkStats;
 use bigbrotr_stages::verify::VerifyStats;
 use bigbrotr_stages::{batch, sink, verify};
@@ -35,13 +35,14 @@ pub struct Stats {
     pub dedupe: Arc<DedupeStats>,
     /// Sink.
     pub sink: Arc<SinkStats>,
-    /// Current depth of each channel: (name, receiver length, capacity).
+    /// Depth of each channel: (name, events queued (chunks × CHUNK, an upper bound), capacity
+    /// in events).
     pub depths: Arc<dyn Fn() -> Vec<(&'static str, usize, usize)> + Send + Sync>,
 }
 
 /// A running pipeline: hand it connectors, then `finish` it.
 pub struct Pipeline {
-    raw_tx: flume::Sender<RawEvent>,
+    raw_tx: flume::Sender<Vec<RawEvent>>,
     cursor_tx: flume::Sender<Relay>,
     stop_tx: watch::Sender<bool>,
     verify_threads: Vec<std::thread::JoinHandle<()>>,
@@ -64,9 +65,11 @@ impl Pipeline {
         hints: Option<flume::Sender<String>>,
     ) -> Pipeline {
         let p = &cfg.pipeline;
-        let (raw_tx, raw_rx) = flume::bounded::<RawEvent>(p.raw_channel);
-        let (verified_tx, verified_rx) = flume::bounded(p.verified_channel);
-        let (item_tx, item_rx) = flume::bounded(p.item_channel);
+        // Events move in chunks of up to CHUNK: the bounds are configured in events.
+        let chunks = |events: usize| (events / CHUNK).max(1);
+        let (raw_tx, raw_rx) = flume::bounded::<Vec<RawEvent>>(chunks(p.raw_channel));
+        let (verified_tx, verified_rx) = flume::bounded(chunks(p.verified_channel));
+        let (item_tx, item_rx) = flume::bounded(chunks(p.item_channel));
         let (batch_tx, batch_rx) = flume::bounded(p.batch_channel);
         // One message per relay at most while its cursor is dirty, so bounded by the relay count.
         let (cursor_tx, cursor_rx) = flume::unbounded::<Relay>();
@@ -104,9 +107,9 @@ impl Pipeline {
         );
         let depths = Arc::new(move || {
             vec![
-                ("raw", raw_rx.len(), caps.0),
-                ("verified", verified_rx.len(), caps.1),
-                ("items", item_rx.len(), caps.2),
+                ("raw", raw_rx.len() * CHUNK, caps.0),
+                ("verified", verified_rx.len() * CHUNK, caps.1),
+                ("items", item_rx.len() * CHUNK, caps.2),
                 ("batches", batch_rx.len(), caps.3),
             ]
         });

@@ -34,7 +34,11 @@ pub fn push(batch: &mut Batch, item: Item) {
 }
 
 /// Runs until the input closes (flushing what it holds) or the output is dropped.
-pub async fn run(cfg: BatchConfig, input: flume::Receiver<Item>, output: flume::Sender<Batch>) {
+pub async fn run(
+    cfg: BatchConfig,
+    input: flume::Receiver<Vec<Item>>,
+    output: flume::Sender<Batch>,
+) {
     let mut batch = Batch::default();
     let mut deadline: Option<Instant> = None;
     loop {
@@ -53,11 +57,13 @@ pub async fn run(cfg: BatchConfig, input: flume::Receiver<Item>, output: flume::
             },
             None => input.recv_async().await.ok(),
         };
-        let Some(item) = next else { break };
+        let Some(items) = next else { break };
         if batch.sightings.is_empty() {
             deadline = Some(Instant::now() + cfg.max_age);
         }
-        push(&mut batch, item);
+        for item in items {
+            push(&mut batch, item);
+        }
         if batch.rows() >= cfg.max_rows {
             let full = std::mem::take(&mut batch);
             deadline = None;

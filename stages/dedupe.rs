@@ -114,9 +114,14 @@ impl Dedupe {
     }
 
     /// Runs until the input closes or the output is dropped.
-    pub async fn run(self, input: flume::Receiver<Verified>, output: flume::Sender<Item>) {
-        while let Ok(v) = input.recv_async().await {
-            if output.send_async(self.process(v)).await.is_err() {
+    pub async fn run(
+        self,
+        input: flume::Receiver<Vec<Verified>>,
+        output: flume::Sender<Vec<Item>>,
+    ) {
+        while let Ok(chunk) = input.recv_async().await {
+            let items: Vec<Item> = chunk.into_iter().map(|v| self.process(v)).collect();
+            if output.send_async(items).await.is_err() {
                 break;
             }
         }

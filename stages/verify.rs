@@ -274,12 +274,13 @@ struct Worker {
     verifier: Verifier,
     gate: Arc<Gate>,
     stats: Arc<VerifyStats>,
-    output: flume::Sender<Verified>,
+    output: flume::Sender<Vec<Verified>>,
+    out: Vec<Verified>,
     cursor_tx: flume::Sender<Relay>,
 }
 
 impl Worker {
-    fn pass(&self, raw: RawEvent, verified_now: bool) -> bool {
+    fn pass(&mut self, raw: RawEvent, verified_now: bool) {
         let relay = &raw.ticket.relay;
         if verified_now {
             inc(&self.stats.verified);
@@ -288,12 +289,20 @@ impl Worker {
             inc(&self.stats.skipped);
             inc(&relay.stats.verify_skipped);
         }
-        let v = Verified {
+        self.out.push(Verified {
             event: raw.event,
             ticket: raw.ticket,
             seen_at: raw.seen_at,
-        };
-        self.output.send(v).is_ok()
+        });
+    }
+
+    /// Sends what the last chunk produced; false when the output is gone.
+    fn flush(&mut self) -> bool {
+        if self.out.is_empty() {
+            return true;
+        }
+        let chunk = std::mem::replace(&mut self.out, Vec::with_capacity(crate::model::CHUNK));
+        self.output.send(chunk).is_ok()
     }
 
     fn reject(&self, raw: RawEvent, reason: Reason) {
@@ -306,26 +315,25 @@ impl Worker {
         }
     }
 
-    /// Handles one event; false when the output is gone.
-    fn handle(&mut self, raw: RawEvent) -> bool {
+    /// Handles one event (its output is collected for [`Worker::flush`]).
+    fn handle(&mut self, raw: RawEvent) {
         let key = match self.verifier.check_id(&raw.event) {
             Ok(k) => k,
             Err(r) => {
                 self.reject(raw, r);
-                return true;
+                return;
             }
         };
         match self.gate.admit(key, raw) {
             Admit::Seen(raw) => self.pass(raw, false),
-            Admit::Parked => true,
+            Admit::Parked => {}
             Admit::Verify(raw) => {
                 let ok = self.verifier.check_sig(&raw.event);
                 let waiting = self.gate.finish(key, ok);
-                let mut alive = true;
                 if ok {
-                    alive &= self.pass(raw, true);
+                    self.pass(raw, true);
                     for w in waiting {
-                        alive &= self.pass(w, false);
+                        self.pass(w, false);
                     }
                 } else {
                     self.reject(raw, Reason::BadSig);
@@ -333,7 +341,6 @@ impl Worker {
                         self.reject(w, Reason::BadSig);
                     }
                 }
-                alive
             }
         }
     }
@@ -344,8 +351,8 @@ impl Worker {
 /// `cursor_tx` so the sink persists it.
 pub fn spawn(
     cfg: &VerifyConfig,
-    input: flume::Receiver<RawEvent>,
-    output: flume::Sender<Verified>,
+    input: flume::Receiver<Vec<RawEvent>>,
+    output: flume::Sender<Vec<Verified>>,
     cursor_tx: flume::Sender<Relay>,
 ) -> VerifyPool {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
@@ -370,6 +377,7 @@ pub fn spawn(
                 gate: gate.clone(),
                 stats: stats.clone(),
                 output: output.clone(),
+                out: Vec::with_capacity(crate::model::CHUNK),
                 cursor_tx: cursor_tx.clone(),
             };
             std::thread::Builder::new()
@@ -378,14 +386,16 @@ pub fn spawn(
                     if let Some(c) = core {
                         core_affinity::set_for_current(c);
                     }
-                    while let Ok(raw) = input.recv() {
+                    while let Ok(chunk) = input.recv() {
                         let t = Instant::now();
-                        let alive = worker.handle(raw);
+                        for raw in chunk {
+                            worker.handle(raw);
+                        }
                         worker
                             .stats
                             .busy_ns
                             .fetch_add(t.elapsed().as_nanos() as u64, Relaxed);
-                        if !alive {
+                        if !worker.flush() {
                             break;
                         }
                     }

@@ -11,9 +11,9 @@ pub mod message;
 pub mod transport;
 
 use crate::model::{
-    now_secs, progress::Pending, stats::inc, CursorState, RawEvent, Reason, Relay, Ticket,
+    now_secs, progress::Pending, stats::inc, CursorState, RawEvent, Reason, Relay, Ticket, CHUNK,
 };
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use message::RelayMsg;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
@@ -150,6 +150,8 @@ struct Session {
     scratch: Vec<u8>,
     buffers: simd_json::Buffers,
     subs: u64,
+    /// Events parsed but not yet handed to verify (sent in chunks).
+    pending: Vec<RawEvent>,
 }
 
 enum Action {
@@ -163,7 +165,7 @@ enum Action {
 pub struct Connector {
     relay: Relay,
     cfg: Arc<SyncConfig>,
-    out: flume::Sender<RawEvent>,
+    out: flume::Sender<Vec<RawEvent>>,
     cursor_tx: flume::Sender<Relay>,
     stop: watch::Receiver<bool>,
 }
@@ -174,7 +176,7 @@ impl Connector {
     pub fn new(
         relay: Relay,
         cfg: Arc<SyncConfig>,
-        out: flume::Sender<RawEvent>,
+        out: flume::Sender<Vec<RawEvent>>,
         cursor_tx: flume::Sender<Relay>,
         stop: watch::Receiver<bool>,
     ) -> Connector {
@@ -272,6 +274,7 @@ impl Connector {
                 scratch: Vec::with_capacity(4096),
                 buffers: simd_json::Buffers::default(),
                 subs: 0,
+                pending: Vec::with_capacity(CHUNK),
             };
             let res = self
                 .session(&mut sess, &mut pos, &mut limit, &mut failures)
@@ -563,18 +566,35 @@ impl Connector {
         }
     }
 
-    async fn emit(&self, ev: crate::model::Event, epoch: u64) -> Result<(), Fail> {
-        let raw = RawEvent {
+    /// Queues an event for verify; a full chunk is sent at once.
+    async fn emit(
+        &self,
+        sess: &mut Session,
+        ev: crate::model::Event,
+        epoch: u64,
+    ) -> Result<(), Fail> {
+        sess.pending.push(RawEvent {
             event: ev,
             ticket: Ticket {
                 relay: self.relay.clone(),
                 epoch,
             },
             seen_at: now_secs(),
-        };
-        self.out.send_async(raw).await.map_err(|_| Fail::Stop)?;
+        });
         self.relay.stats.events_emitted.fetch_add(1, Relaxed);
+        if sess.pending.len() >= CHUNK {
+            self.flush(sess).await?;
+        }
         Ok(())
+    }
+
+    /// Sends the queued events (the bounded channel applies backpressure here).
+    async fn flush(&self, sess: &mut Session) -> Result<(), Fail> {
+        if sess.pending.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut sess.pending, Vec::with_capacity(CHUNK));
+        self.out.send_async(chunk).await.map_err(|_| Fail::Stop)
     }
 
     fn closed_fail(m: String) -> Fail {
@@ -611,6 +631,9 @@ impl Connector {
         let res = self
             .read_until_eose(sess, &sub, lo, u, boundary, &mut w)
             .await;
+        // Whatever was counted as emitted must reach verify, or the window never completes.
+        let flushed = self.flush(sess).await;
+        let res = res.and(flushed);
         if let Err(e) = res {
             self.close_window(w.epoch, w.emitted, None);
             return Err(e);
@@ -629,9 +652,22 @@ impl Connector {
         w: &mut WindowResult,
     ) -> Result<(), Fail> {
         loop {
-            let next = tokio::select! {
-                _ = self.stop.changed() => return Err(Fail::Stop),
-                r = tokio::time::timeout(self.cfg.idle_timeout, sess.ws.next()) => r,
+            // Take a frame that is already here; only when the socket has nothing ready are the
+            // queued events sent, so chunks form without holding events back.
+            let ready = if sess.pending.is_empty() {
+                None
+            } else {
+                sess.ws.next().now_or_never()
+            };
+            let next = match ready {
+                Some(m) => Ok(m),
+                None => {
+                    self.flush(sess).await?;
+                    tokio::select! {
+                        _ = self.stop.changed() => return Err(Fail::Stop),
+                        r = tokio::time::timeout(self.cfg.idle_timeout, sess.ws.next()) => r,
+                    }
+                }
             };
             let msg = match next {
                 Err(_) => return Err(Fail::Idle),
@@ -655,7 +691,7 @@ impl Connector {
             match action {
                 Action::None => {}
                 Action::Emit(ev) => {
-                    self.emit(ev, w.epoch).await?;
+                    self.emit(sess, ev, w.epoch).await?;
                     w.emitted += 1;
                 }
                 Action::Eose => return Ok(()),
@@ -718,6 +754,41 @@ impl Connector {
         Ok(newer && !within)
     }
 
+    /// Handles one frame of a live subscription.
+    async fn live_frame(
+        &self,
+        sess: &mut Session,
+        next: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+        sub: &str,
+        epoch: u64,
+        emitted: &mut u64,
+        got_eose: &mut bool,
+    ) -> Result<(), Fail> {
+        let msg = match next {
+            None => return Err(Fail::Io("connection closed".into())),
+            Some(Err(e)) => return Err(Fail::Io(e.to_string())),
+            Some(Ok(m)) => m,
+        };
+        let mut w = WindowResult::default();
+        let empty = HashSet::new();
+        let action = match &msg {
+            Message::Text(t) => self.handle_frame(sess, t.as_bytes(), sub, None, &empty, &mut w),
+            Message::Binary(b) => self.handle_frame(sess, b, sub, None, &empty, &mut w),
+            Message::Close(_) => return Err(Fail::Io("relay closed the connection".into())),
+            _ => Action::None,
+        };
+        match action {
+            Action::None => {}
+            Action::Emit(ev) => {
+                self.emit(sess, ev, epoch).await?;
+                *emitted += 1;
+            }
+            Action::Eose => *got_eose = true,
+            Action::Closed(m) => return Err(Self::closed_fail(m)),
+        }
+        Ok(())
+    }
+
     async fn live(&mut self, sess: &mut Session, pos: &mut CursorState) -> Result<(), Fail> {
         let since = self.lo(pos);
         sess.subs += 1;
@@ -733,9 +804,23 @@ impl Connector {
         let mut ping = tokio::time::interval(self.cfg.ping_interval);
         ping.tick().await;
         let mut last_frame = Instant::now();
-        let empty = HashSet::new();
         let silence = self.cfg.ping_interval * 3;
         let result = loop {
+            if !sess.pending.is_empty() {
+                if let Some(m) = sess.ws.next().now_or_never() {
+                    if let Err(e) = self
+                        .live_frame(sess, m, &sub, epoch, &mut emitted, &mut got_eose)
+                        .await
+                    {
+                        break Err(e);
+                    }
+                    last_frame = Instant::now();
+                    continue;
+                }
+                if let Err(e) = self.flush(sess).await {
+                    break Err(e);
+                }
+            }
             let next = tokio::select! {
                 _ = self.stop.changed() => break Err(Fail::Stop),
                 _ = checkpoint.tick() => {
@@ -760,32 +845,14 @@ impl Connector {
                 m = sess.ws.next() => m,
             };
             last_frame = Instant::now();
-            let msg = match next {
-                None => break Err(Fail::Io("connection closed".into())),
-                Some(Err(e)) => break Err(Fail::Io(e.to_string())),
-                Some(Ok(m)) => m,
-            };
-            let mut w = WindowResult::default();
-            let action = match &msg {
-                Message::Text(t) => {
-                    self.handle_frame(sess, t.as_bytes(), &sub, None, &empty, &mut w)
-                }
-                Message::Binary(b) => self.handle_frame(sess, b, &sub, None, &empty, &mut w),
-                Message::Close(_) => break Err(Fail::Io("relay closed the connection".into())),
-                _ => Action::None,
-            };
-            match action {
-                Action::None => {}
-                Action::Emit(ev) => {
-                    if let Err(e) = self.emit(ev, epoch).await {
-                        break Err(e);
-                    }
-                    emitted += 1;
-                }
-                Action::Eose => got_eose = true,
-                Action::Closed(m) => break Err(Self::closed_fail(m)),
+            if let Err(e) = self
+                .live_frame(sess, next, &sub, epoch, &mut emitted, &mut got_eose)
+                .await
+            {
+                break Err(e);
             }
         };
+        let _ = self.flush(sess).await;
         self.close_window(epoch, emitted, None);
         result
     }
