@@ -99,3 +99,47 @@ async fn syncs_an_onion_relay_through_socks5() {
     );
     assert_eq!(report.relays[0].committed, 1_500);
 }
+
+/// The sink's direct COPY falls back to staging when rows already exist: nothing is written
+/// twice and nothing fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_copy_falls_back_when_rows_exist() {
+    use bigbrotr::stages::model::{Batch, CursorState, Event, RelayCtx, Sighting, Ticket};
+    use bigbrotr::stages::sink::{write_batch_adaptive, WriteMode};
+    let (pool, _) = test_db().await;
+    let relay = RelayCtx::new(relay_url("ws://127.0.0.1:9"), CursorState::default());
+    let make = |evs: &[bigbrotr::gen::GenEvent]| {
+        let events: Vec<Event> = evs
+            .iter()
+            .map(|e| Event::parse_json(e.json.as_bytes()).expect("parse"))
+            .collect();
+        let sightings = events
+            .iter()
+            .map(|e| Sighting {
+                id: e.id,
+                ticket: Ticket {
+                    relay: relay.clone(),
+                    epoch: 0,
+                },
+                seen_at: 1,
+            })
+            .collect();
+        Batch { events, sightings }
+    };
+    let events = generate(&spec(300, 21));
+    let first = make(&events[..200]);
+    let mut c = pool.get().await.expect("conn");
+    let r = write_batch_adaptive(&mut c, &first, true)
+        .await
+        .expect("write");
+    assert_eq!(r, (200, 200, WriteMode::Direct));
+    // Overlaps the first batch: the direct attempt meets existing rows and falls back.
+    let second = make(&events[100..]);
+    let r = write_batch_adaptive(&mut c, &second, true)
+        .await
+        .expect("write");
+    assert_eq!(r, (100, 100, WriteMode::Staged));
+    drop(c);
+    assert_same_ids(&event_ids(&pool).await, &ids(&events), "archive");
+    assert_eq!(sightings(&pool).await.len(), 300);
+}
