@@ -5,6 +5,8 @@
 #
 # Configuration: mount a file at /etc/bigbrotr/bigbrotr.toml (the image ships the default one)
 # and/or set BIGBROTR_* environment variables (see config/bigbrotr.toml).
+# HTTP (health, readiness, metrics, API) listens on 0.0.0.0:8080; the HEALTHCHECK asks
+# /health there. docker-compose.yml runs it with PostgreSQL, PgBouncer and Tor.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
@@ -27,8 +29,13 @@ COPY config/bigbrotr.toml /etc/bigbrotr/bigbrotr.toml
 COPY seeds /usr/share/bigbrotr/seeds
 ENV BIGBROTR_CONFIG=/etc/bigbrotr/bigbrotr.toml \
     BIGBROTR_SEEDS=/usr/share/bigbrotr/seeds/relays.txt \
+    BIGBROTR_HTTP_LISTEN=0.0.0.0:8080 \
     BIGBROTR_LOG=info
 USER bigbrotr
 WORKDIR /var/lib/bigbrotr
+EXPOSE 8080
+# /health answers while the process serves HTTP (`run`, long-running `sync`).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/health"]
 ENTRYPOINT ["/usr/local/bin/bigbrotr"]
 CMD ["run"]

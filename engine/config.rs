@@ -34,6 +34,10 @@ pub struct Config {
     pub finder: Finder,
     /// Health, readiness, metrics and the read-only REST API.
     pub http: Http,
+    /// The summary refresher behind the statistics views, and the orphan cleanup.
+    pub analytics: Analytics,
+    /// The NIP-90 data vending machine answering job requests from the archive.
+    pub dvm: Dvm,
     /// The file this was read from (for error messages).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -380,6 +384,61 @@ impl Default for Finder {
     }
 }
 
+/// `[analytics]`: the refresher of the summary tables behind the statistics views
+/// (sql/008_summaries.sql) and the scheduled orphan cleanup.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Analytics {
+    /// Run the refresher and the orphan cleanup inside `bigbrotr run`.
+    pub enabled: bool,
+    /// Seconds between two refreshes.
+    pub interval: f64,
+    /// Rows folded into the summaries per transaction.
+    pub batch: u32,
+    /// Seconds between two orphan cleanups (0 = never).
+    pub orphan_interval: f64,
+    /// Rows deleted per orphan cleanup transaction.
+    pub orphan_batch: u32,
+}
+
+impl Default for Analytics {
+    fn default() -> Self {
+        Analytics {
+            enabled: true,
+            interval: 30.0,
+            batch: 50_000,
+            orphan_interval: 86_400.0,
+            orphan_batch: 10_000,
+        }
+    }
+}
+
+impl Analytics {
+    /// Checks the `[analytics]` values; errors name `file` and the key.
+    pub fn validate(&self, file: &str) -> anyhow::Result<()> {
+        let checks: [(bool, &str, &str); 4] = [
+            (
+                self.interval > 0.0 && self.interval.is_finite(),
+                "interval",
+                "must be a positive number of seconds",
+            ),
+            (self.batch >= 1, "batch", "must be at least 1"),
+            (
+                self.orphan_interval >= 0.0 && self.orphan_interval.is_finite(),
+                "orphan_interval",
+                "must be a number of seconds >= 0",
+            ),
+            (self.orphan_batch >= 1, "orphan_batch", "must be at least 1"),
+        ];
+        for (ok, key, msg) in checks {
+            if !ok {
+                bail!("{file}: key `analytics.{key}` {msg}");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `[seeds]`
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -543,6 +602,147 @@ impl Monitor {
     }
 }
 
+/// `[dvm]`: the NIP-90 data vending machine answering job requests from the archive.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dvm {
+    /// Run the DVM inside `bigbrotr run` (`bigbrotr dvm` runs it alone).
+    pub enabled: bool,
+    /// Hex secret key signing results, feedback and the announcement; requests must `p`-tag
+    /// its public key. Env `BIGBROTR_DVM_PRIVATE_KEY`.
+    pub private_key: String,
+    /// Relays read for job requests and published to.
+    pub relays: Vec<String>,
+    /// Most events an events job returns (and relays a relay statistics job lists).
+    pub max_limit: u64,
+    /// Most values in one filter (`ids`, `authors`, `kinds` and tag values together).
+    pub max_filter_values: usize,
+    /// Jobs running at once (also the size of the DVM's database pool).
+    pub max_concurrent_jobs: usize,
+    /// Jobs waiting for a slot; requests beyond get a `busy` error feedback.
+    pub max_queued_jobs: usize,
+    /// Seconds one job may run (also the `statement_timeout` of its queries).
+    pub job_timeout: f64,
+    /// Largest job request accepted (bytes of its JSON).
+    pub max_request_bytes: usize,
+    /// Largest content of an events job's result (bytes); events past it are left out.
+    pub max_result_bytes: usize,
+    /// Publish a NIP-89 announcement (kind 31990) with one `k` tag per job kind.
+    pub announce: bool,
+    /// The announcement's name.
+    pub name: String,
+    /// The announcement's description.
+    pub about: String,
+}
+
+impl Default for Dvm {
+    fn default() -> Self {
+        Dvm {
+            enabled: false,
+            private_key: String::new(),
+            relays: Vec::new(),
+            max_limit: 500,
+            max_filter_values: 1000,
+            max_concurrent_jobs: 4,
+            max_queued_jobs: 16,
+            job_timeout: 10.0,
+            max_request_bytes: 64 << 10,
+            max_result_bytes: 512 << 10,
+            announce: true,
+            name: "bigbrotr archive".into(),
+            about: "Counts, events and statistics from a bigbrotr Nostr archive (NIP-90 kinds 5900-5903)".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for Dvm {
+    // Hand-written so that printing the configuration never prints the secret key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dvm")
+            .field("enabled", &self.enabled)
+            .field(
+                "private_key",
+                &if self.private_key.is_empty() {
+                    ""
+                } else {
+                    "***"
+                },
+            )
+            .field("relays", &self.relays)
+            .field("max_limit", &self.max_limit)
+            .field("max_filter_values", &self.max_filter_values)
+            .field("max_concurrent_jobs", &self.max_concurrent_jobs)
+            .field("max_queued_jobs", &self.max_queued_jobs)
+            .field("job_timeout", &self.job_timeout)
+            .field("max_request_bytes", &self.max_request_bytes)
+            .field("max_result_bytes", &self.max_result_bytes)
+            .field("announce", &self.announce)
+            .field("name", &self.name)
+            .field("about", &self.about)
+            .finish()
+    }
+}
+
+impl Dvm {
+    /// Checks the `[dvm]` values; errors name `file` and the key.
+    pub fn validate(&self, file: &str) -> anyhow::Result<()> {
+        let checks: [(bool, &str, &str); 6] = [
+            (self.max_limit >= 1, "max_limit", "must be at least 1"),
+            (
+                self.max_filter_values >= 1,
+                "max_filter_values",
+                "must be at least 1",
+            ),
+            (
+                self.max_concurrent_jobs >= 1,
+                "max_concurrent_jobs",
+                "must be at least 1",
+            ),
+            (
+                self.job_timeout > 0.0 && self.job_timeout.is_finite(),
+                "job_timeout",
+                "must be a positive number of seconds",
+            ),
+            (
+                self.max_request_bytes >= 1024,
+                "max_request_bytes",
+                "must be at least 1024",
+            ),
+            (
+                self.max_result_bytes >= 1024,
+                "max_result_bytes",
+                "must be at least 1024",
+            ),
+        ];
+        for (ok, key, msg) in checks {
+            if !ok {
+                bail!("{file}: key `dvm.{key}` {msg}");
+            }
+        }
+        if !self.private_key.is_empty() && self.keypair().is_none() {
+            bail!("{file}: key `dvm.private_key` (or BIGBROTR_DVM_PRIVATE_KEY) must be a 64-digit hex secret key");
+        }
+        for (i, u) in self.relays.iter().enumerate() {
+            if let Err(e) = RelayUrl::parse(u, true) {
+                bail!("{file}: key `dvm.relays[{i}]`: {u:?} is not a relay URL ({e})");
+            }
+        }
+        if self.enabled && self.private_key.is_empty() {
+            bail!("{file}: key `dvm.enabled` needs `dvm.private_key` (or BIGBROTR_DVM_PRIVATE_KEY) to sign the answers");
+        }
+        if self.enabled && self.relays.is_empty() {
+            bail!("{file}: key `dvm.enabled` needs `dvm.relays` to read job requests from");
+        }
+        Ok(())
+    }
+
+    /// The signing key, when `private_key` is a valid hex secret key.
+    pub fn keypair(&self) -> Option<secp256k1::Keypair> {
+        let bytes: [u8; 32] = hex::decode(self.private_key.trim()).ok()?.try_into().ok()?;
+        secp256k1::Keypair::from_secret_bytes(bytes).ok()
+    }
+}
+
 fn secs(v: f64) -> Duration {
     Duration::from_secs_f64(v.max(0.0))
 }
@@ -611,11 +811,17 @@ impl Config {
         if let Ok(v) = std::env::var("BIGBROTR_HTTP_LISTEN") {
             self.http.listen = v;
         }
+        if let Ok(v) = std::env::var("BIGBROTR_HTTP_READONLY_DATABASE_URL") {
+            self.http.readonly_database_url = v;
+        }
         if let Ok(v) = std::env::var("BIGBROTR_ALLOW_LOCAL") {
             self.sync.allow_local = matches!(v.as_str(), "1" | "true" | "yes");
         }
         if let Ok(v) = std::env::var("BIGBROTR_MONITOR_PRIVATE_KEY") {
             self.monitor.private_key = v;
+        }
+        if let Ok(v) = std::env::var("BIGBROTR_DVM_PRIVATE_KEY") {
+            self.dvm.private_key = v;
         }
         Ok(())
     }
@@ -624,6 +830,8 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         let f = self.name();
         self.monitor.validate(&f)?;
+        self.analytics.validate(&f)?;
+        self.dvm.validate(&f)?;
         let checks: [(bool, &str, &str); 9] = [
             (self.sync.limit >= 1, "sync.limit", "must be at least 1"),
             (

@@ -21,7 +21,7 @@ const MIGRATION_LOCK_KEY: i64 = 0x6262_7472_6d69_6772;
 const RELAY_CHUNK: usize = 1000;
 
 /// The schema files, in application order.
-static MIGRATIONS: [(i32, &str, &str); 7] = [
+static MIGRATIONS: [(i32, &str, &str); 8] = [
     (
         1,
         "extensions_and_utils",
@@ -37,6 +37,7 @@ static MIGRATIONS: [(i32, &str, &str); 7] = [
         "readonly_role",
         include_str!("../sql/007_readonly_role.sql"),
     ),
+    (8, "summaries", include_str!("../sql/008_summaries.sql")),
 ];
 
 /// Opens a pool of `size` connections to `url` (a libpq-style key=value string or a postgres:// URL); fails fast with a message naming the URL (password masked) if the server is unreachable.
@@ -145,12 +146,17 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<i32>> {
     }
 
     let newest_known = migrations().last().map_or(0, |m| m.0);
+    // Unnamed (typed) statements: a transaction-mode PgBouncer before 1.21 may run a named
+    // statement's execution on another server connection than its preparation.
     let newest_recorded: Option<i32> = conn
-        .query_one("SELECT max(version) FROM schema_migrations", &[])
+        .query_typed("SELECT max(version) FROM schema_migrations", &[])
         .await
         .context("cannot read schema_migrations")?
-        .try_get(0)
-        .context("bad schema_migrations row")?;
+        .first()
+        .map(|r| r.try_get(0))
+        .transpose()
+        .context("bad schema_migrations row")?
+        .flatten();
     if let Some(v) = newest_recorded.filter(|&v| v > newest_known) {
         tracing::warn!(
             recorded = v,
@@ -205,7 +211,7 @@ pub async fn list_relays(pool: &Pool) -> anyhow::Result<Vec<(String, String)>> {
         .await
         .context("cannot get a database connection to list relays")?;
     let rows = conn
-        .query("SELECT url, network FROM relays ORDER BY url", &[])
+        .query_typed("SELECT url, network FROM relays ORDER BY url", &[])
         .await
         .context("cannot read the relays table")?;
     rows.iter()

@@ -103,6 +103,45 @@ impl EmbeddedPg {
         })
     }
 
+    /// Finds a PostgreSQL client program (`pg_dump`, `pg_restore`, `psql`): in $BIGBROTR_PG_BIN, else the highest version under /usr/lib/postgresql/*/bin or /usr/pgsql-*/bin (a newer client reads and dumps older servers, not the reverse), else on PATH.
+    pub fn find_client_bin(name: &str) -> Result<PathBuf> {
+        if let Some(dir) = env::var_os(BIN_ENV).filter(|v| !v.is_empty()) {
+            let dir = PathBuf::from(dir);
+            let path = dir.join(name);
+            if is_executable(&path) {
+                return Ok(path);
+            }
+            bail!("{BIN_ENV}={} has no {name}", dir.display());
+        }
+        let mut best: Option<(Vec<u32>, PathBuf)> = None;
+        for (parent, name_prefix) in [("/usr/lib/postgresql", ""), ("/usr", "pgsql-")] {
+            let Ok(entries) = fs::read_dir(parent) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let file_name = entry.file_name();
+                let key = file_name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(name_prefix))
+                    .and_then(version_key);
+                let path = entry.path().join("bin").join(name);
+                if let Some(key) = key.filter(|_| is_executable(&path)) {
+                    if best.as_ref().is_none_or(|(k, _)| key > *k) {
+                        best = Some((key, path));
+                    }
+                }
+            }
+        }
+        best.map(|(_, p)| p)
+            .or_else(|| find_in_path(name))
+            .ok_or_else(|| {
+                anyhow!(
+                    "{name} not found (looked in ${BIN_ENV}, /usr/lib/postgresql/*/bin and on PATH): install the \
+                     PostgreSQL client tools (e.g. `apt-get install postgresql-client`) or point {BIN_ENV} at them"
+                )
+            })
+    }
+
     /// Ensures a cluster exists in `dir` and runs on 127.0.0.1:`port` (0 = a free port, remembered for restarts), reusing a running server, and that database `db_name` exists; `fast` trades durability for speed (tests) and only applies when this call creates or starts the cluster.
     pub async fn start(dir: &Path, port: u16, db_name: &str, fast: bool) -> Result<EmbeddedPg> {
         let owner = server_owner()?;

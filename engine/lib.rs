@@ -1,9 +1,12 @@
 //! bigbrotr engine: CLI support, configuration, pipeline wiring and supervision, database
 //! pool and migrations, the embedded PostgreSQL, and the test/bench relay.
 
+pub mod analytics;
+pub mod backup;
 pub mod bench;
 pub mod config;
 pub mod db;
+pub mod dvm;
 pub mod embedded_pg;
 pub mod finder;
 pub mod gen;

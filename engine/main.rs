@@ -58,6 +58,18 @@ enum Cmd {
         #[arg(long)]
         once: bool,
     },
+    /// Answer NIP-90 job requests (kinds 5900-5903: counts, events, relay and archive
+    /// statistics) from the archive on `dvm.relays` until Ctrl-C.
+    Dvm,
+    /// Keep the summary tables behind the statistics views current and delete orphans: a
+    /// refresh every `analytics.interval` seconds until Ctrl-C (also part of `run`).
+    Analytics {
+        /// Fold every row committed so far, run one orphan cleanup, print a report and exit.
+        #[arg(long)]
+        once: bool,
+        #[command(subcommand)]
+        cmd: Option<AnalyticsCmd>,
+    },
     /// Discover relays: seed file, HTTP lists and hints in archived events; validate candidates.
     Finder {
         /// Run every source once, validate the due candidates, print a report and exit.
@@ -94,6 +106,35 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Back up the archive to FILE: one consistent snapshot (pg_dump custom format), safe
+    /// while the engine runs.
+    Backup {
+        /// The archive file to write (replaced only once the dump is complete).
+        out: PathBuf,
+        /// Dump this database instead of the configured one (connect to PostgreSQL directly,
+        /// not through PgBouncer).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Restore a backup into a fresh database (created when missing), then bring its schema up
+    /// to date.
+    Restore {
+        /// The archive file written by `bigbrotr backup` (or `pg_dump -Fc`).
+        input: PathBuf,
+        /// Restore into this database instead of the configured one.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// Restore into a database that already holds tables, replacing the objects the
+        /// backup contains.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Configuration tools.
+    #[command(hide = true)]
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
     /// The embedded PostgreSQL cluster.
     Db {
         #[command(subcommand)]
@@ -122,6 +163,30 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Load and validate the configuration (file and BIGBROTR_* environment), then print the
+    /// effective values with secrets masked.
+    Check,
+}
+
+#[derive(Subcommand, Debug)]
+enum AnalyticsCmd {
+    /// Time every statistics view with EXPLAIN (ANALYZE, BUFFERS) and print a Markdown table.
+    Explain {
+        /// Timed runs per query after the first.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+        /// Print each query's plan too.
+        #[arg(long)]
+        plans: bool,
+    },
+    /// Recompute every summary from the base tables (blocks ingestion while it runs).
+    Rebuild,
+    /// Print how far the summaries are behind the archive.
+    Status,
 }
 
 #[derive(Subcommand, Debug)]
@@ -274,6 +339,23 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     }
                 })
             });
+            // The summaries behind the statistics views are refreshed beside the sync, off the
+            // sink's transactions.
+            let analytics = cfg.analytics.enabled.then(|| {
+                let (cfg, pool, stop) = (cfg.clone(), pool.clone(), stop_rx.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = bigbrotr::analytics::run_forever(&cfg, &pool, stop).await {
+                        tracing::warn!(error = %format!("{e:#}"), "analytics refresher stopped");
+                    }
+                })
+            });
+            // The DVM answers job requests from the archive beside the sync; a bad `[dvm]`
+            // fails the start rather than going unnoticed.
+            let dvm = if cfg.dvm.enabled {
+                Some(bigbrotr::dvm::start(&cfg, &archive.url).await?)
+            } else {
+                None
+            };
             sync::run_forever(
                 &cfg,
                 pool,
@@ -285,6 +367,20 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             if let Some(m) = monitor {
                 let _ = m.await;
             }
+            if let Some(a) = analytics {
+                let _ = a.await;
+            }
+            if let Some(d) = dvm {
+                d.stop().await;
+            }
+        }
+        Cmd::Dvm => {
+            // A missing key or relay list fails before the database is started.
+            bigbrotr::dvm::settings(&cfg)?;
+            let archive = bigbrotr::open_database(&cfg).await?;
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            sync::stop_on_signals(stop_tx);
+            bigbrotr::dvm::run_forever(&cfg, &archive.url, stop_rx).await?;
         }
         Cmd::Monitor { once } => {
             let archive = bigbrotr::open_database(&cfg).await?;
@@ -298,6 +394,75 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             } else {
                 bigbrotr::monitor::run_forever(&cfg, &pool, stop_rx).await?;
             }
+        }
+        Cmd::Analytics { once, cmd } => {
+            let archive = bigbrotr::open_database(&cfg).await?;
+            let pool = archive.pool.clone();
+            let a = &cfg.analytics;
+            match cmd {
+                Some(AnalyticsCmd::Explain { runs, plans }) => {
+                    let (events, sightings, relays, snapshots) =
+                        bigbrotr::analytics::archive_size(&pool).await?;
+                    let status = bigbrotr::analytics::status(&pool).await?;
+                    println!(
+                        "archive: {events} events, {sightings} sightings, {relays} relays, {snapshots} snapshots"
+                    );
+                    print!("summaries: {}", status.render());
+                    let timings = bigbrotr::analytics::explain(&pool, runs).await?;
+                    print!("{}", bigbrotr::analytics::render_timings(&timings, plans));
+                }
+                Some(AnalyticsCmd::Rebuild) => {
+                    let n = bigbrotr::analytics::rebuild(&pool).await?;
+                    println!("summaries rebuilt from {n} events");
+                }
+                Some(AnalyticsCmd::Status) => {
+                    print!("{}", bigbrotr::analytics::status(&pool).await?.render());
+                }
+                None => {
+                    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                    sync::stop_on_signals(stop_tx);
+                    if once {
+                        let r = bigbrotr::analytics::refresh_all(
+                            &pool,
+                            a.batch,
+                            std::time::Duration::from_secs(60),
+                            Some(&stop_rx),
+                        )
+                        .await?;
+                        print!("{}", r.render());
+                        let c = bigbrotr::analytics::cleanup_orphans(
+                            &pool,
+                            a.orphan_batch,
+                            Some(&stop_rx),
+                        )
+                        .await?;
+                        print!("{}", c.render());
+                    } else {
+                        bigbrotr::analytics::run_forever(&cfg, &pool, stop_rx).await?;
+                    }
+                }
+            }
+        }
+        Cmd::Backup { out, database_url } => {
+            let report =
+                bigbrotr::backup::backup_configured(&cfg, database_url.as_deref(), &out).await?;
+            print!("{}", report.render());
+        }
+        Cmd::Restore {
+            input,
+            database_url,
+            force,
+        } => {
+            let opts = bigbrotr::backup::RestoreOptions { force };
+            let report =
+                bigbrotr::backup::restore_configured(&cfg, database_url.as_deref(), &input, &opts)
+                    .await?;
+            print!("{}", report.render());
+        }
+        Cmd::Config {
+            cmd: ConfigCmd::Check,
+        } => {
+            print!("{}", config_check(&cfg)?);
         }
         Cmd::Db { cmd } => {
             if !cfg.database.url.is_empty() {
@@ -357,6 +522,52 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Testrelay { .. } | Cmd::Gen { .. } => {}
     }
     Ok(())
+}
+
+/// `config check`: what the process would run with, secrets masked; connection strings must
+/// parse (Config::load does not open them).
+fn config_check(cfg: &Config) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let mut shown = cfg.clone();
+    for (key, url) in [
+        ("database.url", &mut shown.database.url),
+        (
+            "http.readonly_database_url",
+            &mut shown.http.readonly_database_url,
+        ),
+    ] {
+        if url.is_empty() {
+            continue;
+        }
+        if url.parse::<tokio_postgres::Config>().is_err() {
+            anyhow::bail!(
+                "{}: key `{key}` is not a valid connection string",
+                source(cfg)
+            );
+        }
+        *url = bigbrotr::backup::mask_url(url);
+    }
+    let mut out = String::new();
+    writeln!(out, "configuration OK: {}", source(cfg))?;
+    let database = if shown.database.url.is_empty() {
+        format!(
+            "(embedded cluster in {})",
+            shown.embedded.data_dir.display()
+        )
+    } else {
+        shown.database.url.clone()
+    };
+    writeln!(out, "database.url = {database}")?;
+    writeln!(out, "http.listen = {}", shown.http.listen)?;
+    writeln!(
+        out,
+        "http.readonly_database_url = {}",
+        shown.http.readonly_database_url
+    )?;
+    writeln!(out, "net.socks5 = {}", shown.net.socks5)?;
+    writeln!(out, "seeds.file = {}", shown.seeds.file.display())?;
+    writeln!(out, "{shown:#?}")?;
+    Ok(out)
 }
 
 fn source(cfg: &Config) -> String {

@@ -134,9 +134,9 @@ impl SyncReport {
 pub async fn load_cursors(pool: &Pool) -> anyhow::Result<HashMap<String, CursorState>> {
     let conn = pool.get().await?;
     let rows = conn
-        .query(
+        .query_typed(
             "SELECT state_key, payload FROM service_state WHERE service_name = $1",
-            &[&CURSOR_SERVICE],
+            &[(&CURSOR_SERVICE, tokio_postgres::types::Type::TEXT)],
         )
         .await?;
     let mut out = HashMap::new();

@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod connect;
 pub mod dedupe;
+pub mod dvm;
 pub mod finder;
 pub mod model;
 pub mod monitor;

@@ -294,12 +294,19 @@ pub async fn write_cursor(
     state: &crate::model::CursorState,
 ) -> Result<(), tokio_postgres::Error> {
     let payload = serde_json::to_value(state).unwrap_or(serde_json::Value::Null);
+    // An unnamed (typed) statement, so a transaction-mode PgBouncer cannot split its prepare
+    // and execute across server connections.
     client
-        .execute(
+        .execute_typed(
             "INSERT INTO service_state (service_name, state_key, payload, updated_at) \
              VALUES ($1, $2, $3, $4) ON CONFLICT (service_name, state_key) \
              DO UPDATE SET payload = EXCLUDED.payload, updated_at = EXCLUDED.updated_at",
-            &[&CURSOR_SERVICE, &relay.url.as_str(), &payload, &now_secs()],
+            &[
+                (&CURSOR_SERVICE, Type::TEXT),
+                (&relay.url.as_str(), Type::TEXT),
+                (&payload, Type::JSONB),
+                (&now_secs(), Type::INT8),
+            ],
         )
         .await?;
     Ok(())

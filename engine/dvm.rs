@@ -1,0 +1,443 @@
+//! The DVM's wiring (NIP-90): the stage (`stages/dvm`) answered from the archive.
+//!
+//! Jobs read through their own small pool of read-only connections (the HTTP API's role and
+//! connection settings, see [`crate::http::reader_config`]) whose `statement_timeout` is the
+//! DVM's `job_timeout`, so a job the stage has given up on does not keep running in
+//! PostgreSQL. Every query is bounded: events jobs by `dvm.max_limit` rows and
+//! `dvm.max_result_bytes` of content, statistics by `dvm.max_limit` rows, filters by
+//! `dvm.max_filter_values`.
+
+use crate::config::Config;
+use crate::db::Pool;
+use anyhow::Context;
+use bb8_postgres::PostgresConnectionManager;
+use bigbrotr_stages::connect::TransportConfig;
+use bigbrotr_stages::dvm::{
+    self as stage, Announcement, Backend, DvmSettings, DvmStats, Filter, Job, Limits,
+};
+use bigbrotr_stages::model::canonical::{write_json_str, write_tags};
+use bigbrotr_stages::model::{now_secs, Event, RelayUrl};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::NoTls;
+
+/// Longest a job waits for a pooled connection (it also counts against `job_timeout`).
+const CHECKOUT: Duration = Duration::from_secs(5);
+
+/// The `d` tag of the NIP-89 announcement.
+pub const HANDLER_ID: &str = "bigbrotr-archive";
+
+fn secs(v: f64) -> Duration {
+    Duration::from_secs_f64(v.max(0.0))
+}
+
+/// The stage settings from `[dvm]` and `[net]`. Errors name the key.
+pub fn settings(cfg: &Config) -> anyhow::Result<DvmSettings> {
+    let d = &cfg.dvm;
+    let keypair = d.keypair().ok_or_else(|| {
+        anyhow::anyhow!(
+            "key `dvm.private_key` (or BIGBROTR_DVM_PRIVATE_KEY) must be a 64-digit hex secret key to sign the DVM's answers"
+        )
+    })?;
+    if d.relays.is_empty() {
+        anyhow::bail!("key `dvm.relays` is empty: the DVM needs relays to read requests from");
+    }
+    let relays = d
+        .relays
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            RelayUrl::parse(u, true).map_err(|e| {
+                anyhow::anyhow!("key `dvm.relays[{i}]`: {u:?} is not a relay URL ({e})")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(DvmSettings {
+        keypair,
+        relays,
+        transport: TransportConfig {
+            max_message_bytes: cfg.net.max_message_bytes,
+            max_frame_bytes: cfg.net.max_frame_bytes,
+            write_buffer_bytes: cfg.net.write_buffer_bytes,
+            socks5: (!cfg.net.socks5.is_empty()).then(|| cfg.net.socks5.clone()),
+            proxy_all: false,
+        },
+        connect_timeout: secs(cfg.sync.timeouts.clearnet.connect),
+        job_timeout: secs(d.job_timeout),
+        max_concurrent_jobs: d.max_concurrent_jobs,
+        max_queued_jobs: d.max_queued_jobs,
+        max_request_bytes: d.max_request_bytes,
+        limits: Limits {
+            max_limit: d.max_limit,
+            max_filter_values: d.max_filter_values,
+        },
+        announce: d.announce.then(|| Announcement {
+            identifier: HANDLER_ID.to_string(),
+            name: d.name.clone(),
+            about: d.about.clone(),
+        }),
+        since: now_secs(),
+    })
+}
+
+/// The DVM's read-only pool: the API's connection settings with `statement_timeout` =
+/// `dvm.job_timeout`, one connection per concurrent job.
+pub async fn reader_pool(cfg: &Config, archive_url: &str) -> anyhow::Result<Pool> {
+    let mut http = cfg.http.clone();
+    http.statement_timeout_ms = (cfg.dvm.job_timeout * 1000.0).ceil().max(1.0) as u64;
+    let mut config = crate::http::reader_config(&http, archive_url)?;
+    config.application_name("bigbrotr-dvm");
+    let who = config.get_user().unwrap_or("(default user)").to_string();
+    let hint = "set `http.readonly_database_url` to a role that can read the archive";
+    let probe = tokio::time::timeout(CHECKOUT * 2, config.connect(NoTls))
+        .await
+        .map_err(|_| anyhow::anyhow!("DVM: no answer from PostgreSQL as {who}; {hint}"))?
+        .map_err(|e| anyhow::anyhow!("DVM: cannot connect to PostgreSQL as {who}: {e}; {hint}"))?;
+    drop(probe);
+    let size = u32::try_from(cfg.dvm.max_concurrent_jobs.max(1)).unwrap_or(u32::MAX);
+    bb8::Pool::builder()
+        .max_size(size)
+        .connection_timeout(CHECKOUT)
+        .build(PostgresConnectionManager::new(config, NoTls))
+        .await
+        .with_context(|| format!("DVM: cannot open a connection pool as {who}"))
+}
+
+/// Answers jobs from the archive.
+pub struct ArchiveBackend {
+    pool: Pool,
+    max_result_bytes: usize,
+}
+
+impl ArchiveBackend {
+    /// A backend reading through `pool`; events jobs stop adding events past
+    /// `max_result_bytes` of content.
+    pub fn new(pool: Pool, max_result_bytes: usize) -> ArchiveBackend {
+        ArchiveBackend {
+            pool,
+            max_result_bytes,
+        }
+    }
+}
+
+/// The customer's message for a database error; the detail goes to the log.
+fn db_error(e: &tokio_postgres::Error) -> String {
+    match e.code() {
+        Some(c) if *c == SqlState::QUERY_CANCELED => {
+            "the query ran past the job's time limit: narrow the filter".into()
+        }
+        Some(c)
+            if *c == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+                || *c == SqlState::UNTRANSLATABLE_CHARACTER =>
+        {
+            "the filter holds a character the archive cannot search for".into()
+        }
+        _ => {
+            tracing::warn!(error = %e, "DVM: archive query failed");
+            "the archive is unavailable".into()
+        }
+    }
+}
+
+type Conn<'a> = bb8::PooledConnection<'a, PostgresConnectionManager<NoTls>>;
+
+impl ArchiveBackend {
+    async fn conn(&self) -> Result<Conn<'_>, String> {
+        self.pool.get().await.map_err(|e| match e {
+            bb8::RunError::User(e) => db_error(&e),
+            bb8::RunError::TimedOut => "the archive is busy: try again later".into(),
+        })
+    }
+
+    async fn count(&self, f: &Filter) -> Result<String, String> {
+        let mut params = SqlParams::new();
+        let cond = conditions(f, &mut params);
+        let sql = format!("SELECT count(*) FROM events AS e WHERE {cond}");
+        let conn = self.conn().await?;
+        let row = conn
+            .query_one(&sql, &refs(&params))
+            .await
+            .map_err(|e| db_error(&e))?;
+        let n: i64 = row.try_get(0).map_err(|e| db_error(&e))?;
+        Ok(serde_json::json!({ "count": n }).to_string())
+    }
+
+    async fn events(&self, f: &Filter, limit: u64) -> Result<String, String> {
+        if limit == 0 {
+            return Ok("[]".into());
+        }
+        let mut params = SqlParams::new();
+        let cond = conditions(f, &mut params);
+        let n = push(
+            Box::new(i64::try_from(limit).unwrap_or(i64::MAX)),
+            &mut params,
+        );
+        // NIP-01 order: newest first, ties broken by the lowest id.
+        let sql = format!(
+            "SELECT e.id, e.pubkey, e.created_at, e.kind, e.tags::text, e.content, e.sig, e.raw_canonical
+             FROM events AS e WHERE {cond}
+             ORDER BY e.created_at DESC, e.id ASC LIMIT ${n}"
+        );
+        let conn = self.conn().await?;
+        let rows = conn
+            .query(&sql, &refs(&params))
+            .await
+            .map_err(|e| db_error(&e))?;
+        let mut out = String::from("[");
+        let mut buf = Vec::new();
+        for r in &rows {
+            let ev = event_from_row(r)?;
+            if ev.compute_id(&mut buf) != ev.id {
+                // Cannot happen for rows the pipeline stored; never hand out what would not verify.
+                tracing::warn!(id = %hex::encode(ev.id), "DVM: archived event does not match its id; left out");
+                continue;
+            }
+            let json = ev.to_json();
+            if out.len() + json.len() + 2 > self.max_result_bytes {
+                break;
+            }
+            if out.len() > 1 {
+                out.push(',');
+            }
+            out.push_str(&json);
+        }
+        out.push(']');
+        Ok(out)
+    }
+
+    async fn relay_stats(&self, relay: Option<&str>, limit: u64) -> Result<String, String> {
+        let conn = self.conn().await?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let row = conn
+            .query_one(
+                "SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.event_count DESC, s.relay_url), '[]'::jsonb)
+                 FROM (SELECT * FROM relays_statistics
+                       WHERE $1::text IS NULL OR relay_url = $1
+                       ORDER BY event_count DESC, relay_url LIMIT $2) AS s",
+                &[&relay, &limit],
+            )
+            .await
+            .map_err(|e| db_error(&e))?;
+        let v: serde_json::Value = row.try_get(0).map_err(|e| db_error(&e))?;
+        if let Some(url) = relay {
+            if v.as_array().is_none_or(Vec::is_empty) {
+                return Err(format!("relay {url} is not in the archive"));
+            }
+        }
+        Ok(v.to_string())
+    }
+
+    async fn archive_stats(&self) -> Result<String, String> {
+        let conn = self.conn().await?;
+        let row = conn
+            .query_one("SELECT to_jsonb(s) FROM events_statistics AS s", &[])
+            .await
+            .map_err(|e| db_error(&e))?;
+        let v: serde_json::Value = row.try_get(0).map_err(|e| db_error(&e))?;
+        Ok(v.to_string())
+    }
+}
+
+impl Backend for ArchiveBackend {
+    async fn run(&self, job: &Job) -> Result<String, String> {
+        match job {
+            Job::Count(f) => self.count(f).await,
+            Job::Events { filter, limit } => self.events(filter, *limit).await,
+            Job::RelayStats { relay, limit } => self.relay_stats(relay.as_deref(), *limit).await,
+            Job::ArchiveStats => self.archive_stats().await,
+        }
+    }
+}
+
+/// SQL parameters of a dynamic query, boxed.
+type SqlParams = Vec<Box<dyn ToSql + Sync + Send>>;
+
+/// Appends a parameter; returns its `$n` number.
+fn push(p: Box<dyn ToSql + Sync + Send>, params: &mut SqlParams) -> usize {
+    params.push(p);
+    params.len()
+}
+
+fn refs(params: &SqlParams) -> Vec<&(dyn ToSql + Sync)> {
+    params
+        .iter()
+        .map(|b| b.as_ref() as &(dyn ToSql + Sync))
+        .collect()
+}
+
+/// The WHERE condition of a NIP-01 filter over `events AS e`, its values appended to
+/// `params`.
+fn conditions(f: &Filter, params: &mut SqlParams) -> String {
+    let mut sql = String::from("TRUE");
+    let bytes = |v: &Vec<[u8; 32]>| v.iter().map(|b| b.to_vec()).collect::<Vec<Vec<u8>>>();
+    if let Some(ids) = &f.ids {
+        let n = push(Box::new(bytes(ids)), params);
+        sql.push_str(&format!(" AND e.id = ANY(${n})"));
+    }
+    if let Some(authors) = &f.authors {
+        let n = push(Box::new(bytes(authors)), params);
+        sql.push_str(&format!(" AND e.pubkey = ANY(${n})"));
+    }
+    if let Some(kinds) = &f.kinds {
+        let kinds: Vec<i32> = kinds.iter().map(|k| i32::from(*k)).collect();
+        let n = push(Box::new(kinds), params);
+        sql.push_str(&format!(" AND e.kind = ANY(${n})"));
+    }
+    if let Some(v) = f.since {
+        let n = push(Box::new(v), params);
+        sql.push_str(&format!(" AND e.created_at >= ${n}"));
+    }
+    if let Some(v) = f.until {
+        let n = push(Box::new(v), params);
+        sql.push_str(&format!(" AND e.created_at <= ${n}"));
+    }
+    for (letter, values) in &f.tags {
+        // NIP-01 matches a tag's first value only. Rows with raw_canonical keep tags whose
+        // U+0000 was replaced in the jsonb copy: those are matched in the canonical text,
+        // where such a tag starts `["<letter>","<value>"` followed by `,` or `]` (a `["`
+        // cannot occur inside a canonical string: quotes are escaped).
+        let plain: Vec<String> = values
+            .iter()
+            .filter(|v| !v.contains('\0'))
+            .cloned()
+            .collect();
+        let prefixes: Vec<String> = values
+            .iter()
+            .map(|v| {
+                let mut out = vec![b'['];
+                write_json_str(&mut out, &letter.to_string());
+                out.push(b',');
+                write_json_str(&mut out, v);
+                String::from_utf8_lossy(&out).into_owned()
+            })
+            .collect();
+        let a = push(Box::new(letter.to_string()), params);
+        let b = push(Box::new(plain), params);
+        let c = push(Box::new(prefixes), params);
+        sql.push_str(&format!(
+            " AND CASE WHEN e.raw_canonical IS NULL
+                  THEN EXISTS (SELECT 1 FROM jsonb_array_elements(e.tags) AS t
+                               WHERE t->>0 = ${a} AND t->>1 = ANY(${b}))
+                  ELSE EXISTS (SELECT 1 FROM unnest(${c}::text[]) AS p
+                               WHERE strpos(e.raw_canonical, p || ',') > 0
+                                  OR strpos(e.raw_canonical, p || ']') > 0)
+              END"
+        ));
+    }
+    sql
+}
+
+/// Rebuilds the signed event of an `events` row; rows with `raw_canonical` (U+0000 in
+/// content or tags) are read from the canonical text, so the event is exactly the signed one.
+fn event_from_row(r: &tokio_postgres::Row) -> Result<Event, String> {
+    use serde::de::IgnoredAny;
+    let bad = |what: &str| {
+        tracing::warn!("DVM: {what}");
+        "the archive holds an unreadable event".to_string()
+    };
+    let raw: Option<String> = r.try_get(7).map_err(|e| db_error(&e))?;
+    let (tags, content): (Vec<Vec<String>>, String) = match raw {
+        Some(canonical) => {
+            let (_, _, _, _, tags, content): (
+                IgnoredAny,
+                IgnoredAny,
+                IgnoredAny,
+                IgnoredAny,
+                _,
+                _,
+            ) = serde_json::from_str(&canonical).map_err(|_| bad("malformed raw_canonical"))?;
+            (tags, content)
+        }
+        None => {
+            let text: String = r.try_get(4).map_err(|e| db_error(&e))?;
+            let tags = serde_json::from_str(&text).map_err(|_| bad("malformed tags"))?;
+            (tags, r.try_get(5).map_err(|e| db_error(&e))?)
+        }
+    };
+    let fixed =
+        |col: usize| -> Result<Vec<u8>, String> { r.try_get(col).map_err(|e| db_error(&e)) };
+    let id: [u8; 32] = fixed(0)?
+        .try_into()
+        .map_err(|_| bad("id is not 32 bytes"))?;
+    let pubkey: [u8; 32] = fixed(1)?
+        .try_into()
+        .map_err(|_| bad("pubkey is not 32 bytes"))?;
+    let sig: [u8; 64] = fixed(6)?
+        .try_into()
+        .map_err(|_| bad("sig is not 64 bytes"))?;
+    let kind: i32 = r.try_get(3).map_err(|e| db_error(&e))?;
+    let mut tags_json = Vec::new();
+    write_tags(
+        &mut tags_json,
+        tags.iter().map(|t| t.iter().map(String::as_str)),
+    );
+    Ok(Event {
+        id,
+        pubkey,
+        sig,
+        created_at: r.try_get(2).map_err(|e| db_error(&e))?,
+        kind: u16::try_from(kind).map_err(|_| bad("kind out of range"))?,
+        tags_json: String::from_utf8_lossy(&tags_json)
+            .into_owned()
+            .into_boxed_str(),
+        content: content.into_boxed_str(),
+    })
+}
+
+/// A running DVM.
+pub struct RunningDvm {
+    /// Its counters.
+    pub stats: Arc<DvmStats>,
+    /// The public key requests must `p`-tag (hex).
+    pub pubkey: String,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl RunningDvm {
+    /// Stops it: closes the relay connections and drops jobs still running.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Starts the DVM over the archive at `archive_url`: checks `[dvm]`, opens the read-only
+/// pool, connects to `dvm.relays`.
+pub async fn start(cfg: &Config, archive_url: &str) -> anyhow::Result<RunningDvm> {
+    let settings = settings(cfg)?;
+    let pool = reader_pool(cfg, archive_url).await?;
+    let backend = Arc::new(ArchiveBackend::new(pool, cfg.dvm.max_result_bytes));
+    let stats = Arc::new(DvmStats::default());
+    let pubkey = hex::encode(settings.keypair.x_only_public_key().0.to_byte_array());
+    tracing::info!(
+        pubkey = %pubkey,
+        relays = settings.relays.len(),
+        kinds = ?stage::jobs::SUPPORTED,
+        "DVM answering job requests"
+    );
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(stage::run(settings, backend, stats.clone(), rx));
+    Ok(RunningDvm {
+        stats,
+        pubkey,
+        stop,
+        task,
+    })
+}
+
+/// Runs the DVM until `stop` turns true (or its sender is dropped).
+pub async fn run_forever(
+    cfg: &Config,
+    archive_url: &str,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let dvm = start(cfg, archive_url).await?;
+    let _ = stop.wait_for(|s| *s).await;
+    dvm.stop().await;
+    Ok(())
+}
