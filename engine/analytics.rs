@@ -13,9 +13,35 @@ use anyhow::Context;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
 
 /// Pause before asking again when the only rows left wait for an in-flight transaction.
 const WAIT_POLL: Duration = Duration::from_millis(50);
+
+/// The rows of `sql`, sent as an unnamed statement: every query here runs outside a
+/// transaction, which PgBouncer in transaction mode may serve on a server connection where a
+/// named prepared statement does not exist (before PgBouncer 1.21).
+async fn rows(
+    conn: &tokio_postgres::Client,
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> anyhow::Result<Vec<Row>> {
+    Ok(conn.query_typed(sql, params).await?)
+}
+
+/// The only row of `sql` (see [`rows`]).
+async fn one(
+    conn: &tokio_postgres::Client,
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> anyhow::Result<Row> {
+    let mut r = rows(conn, sql, params).await?;
+    if r.len() != 1 {
+        anyhow::bail!("expected one row from `{sql}`, got {}", r.len());
+    }
+    Ok(r.remove(0))
+}
 
 /// What one `analytics_refresh` call did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -96,10 +122,13 @@ pub async fn refresh_step(pool: &Pool, batch: u32) -> anyhow::Result<FoldStep> {
         .get()
         .await
         .context("cannot get a database connection to refresh the analytics")?;
-    let row = conn
-        .query_one("SELECT * FROM analytics_refresh($1)", &[&batch])
-        .await
-        .context("analytics_refresh failed")?;
+    let row = one(
+        &conn,
+        "SELECT * FROM analytics_refresh($1)",
+        &[(&batch, Type::INT4)],
+    )
+    .await
+    .context("analytics_refresh failed")?;
     let count = |name: &str| -> anyhow::Result<u64> {
         let v: i64 = row
             .try_get(name)
@@ -183,8 +212,7 @@ pub async fn rebuild(pool: &Pool) -> anyhow::Result<u64> {
         .get()
         .await
         .context("cannot get a database connection to rebuild the analytics")?;
-    let n: i64 = conn
-        .query_one("SELECT analytics_rebuild()", &[])
+    let n: i64 = one(&conn, "SELECT analytics_rebuild()", &[])
         .await
         .context("analytics_rebuild failed")?
         .try_get(0)
@@ -221,8 +249,7 @@ pub async fn delete_orphans(pool: &Pool, what: Orphans, batch: u32) -> anyhow::R
         .await
         .context("cannot get a database connection to delete orphans")?;
     let f = what.function();
-    let n: i32 = conn
-        .query_one(&format!("SELECT {f}($1)"), &[&batch])
+    let n: i32 = one(&conn, &format!("SELECT {f}($1)"), &[(&batch, Type::INT4)])
         .await
         .with_context(|| format!("{f} failed"))?
         .try_get(0)
@@ -333,15 +360,15 @@ pub async fn status(pool: &Pool) -> anyhow::Result<Status> {
         .get()
         .await
         .context("cannot get a database connection to read the analytics status")?;
-    let r = conn
-        .query_one(
-            "SELECT watermark, safe_seq, pending_seq, pending_events, pending_sightings,
-                    pending_snapshots, refreshed_at, rebuilt_at
-             FROM analytics_status",
-            &[],
-        )
-        .await
-        .context("cannot read analytics_status")?;
+    let r = one(
+        &conn,
+        "SELECT watermark, safe_seq, pending_seq, pending_events, pending_sightings,
+                pending_snapshots, refreshed_at, rebuilt_at
+         FROM analytics_status",
+        &[],
+    )
+    .await
+    .context("cannot read analytics_status")?;
     Ok(Status {
         watermark: r.try_get(0)?,
         safe_seq: r.try_get(1)?,
@@ -427,22 +454,24 @@ pub async fn explain_queries(pool: &Pool) -> anyhow::Result<Vec<(&'static str, S
         .get()
         .await
         .context("cannot get a database connection")?;
-    let relay: Option<String> = conn
-        .query_opt(
-            "SELECT relay_url FROM analytics_relays ORDER BY event_count DESC, relay_url LIMIT 1",
-            &[],
-        )
-        .await?
-        .map(|r| r.try_get(0))
-        .transpose()?;
-    let author: Option<String> = conn
-        .query_opt(
-            "SELECT pubkey_hex FROM analytics_pubkeys ORDER BY event_count DESC, pubkey_hex LIMIT 1",
-            &[],
-        )
-        .await?
-        .map(|r| r.try_get(0))
-        .transpose()?;
+    let relay: Option<String> = rows(
+        &conn,
+        "SELECT relay_url FROM analytics_relays ORDER BY event_count DESC, relay_url LIMIT 1",
+        &[],
+    )
+    .await?
+    .first()
+    .map(|r| r.try_get(0))
+    .transpose()?;
+    let author: Option<String> = rows(
+        &conn,
+        "SELECT pubkey_hex FROM analytics_pubkeys ORDER BY event_count DESC, pubkey_hex LIMIT 1",
+        &[],
+    )
+    .await?
+    .first()
+    .map(|r| r.try_get(0))
+    .transpose()?;
     let relay = quote(relay.as_deref().unwrap_or("wss://relay.example.com"));
     let author = quote(&author.unwrap_or_else(|| "0".repeat(64)));
     Ok(vec![
@@ -515,13 +544,13 @@ pub async fn explain(pool: &Pool, runs: u32) -> anyhow::Result<Vec<Timing>> {
         let mut times = Vec::new();
         let mut first = (0.0, 0.0, 0);
         for i in 0..=runs {
-            let row = conn
-                .query_one(
-                    &format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}"),
-                    &[],
-                )
-                .await
-                .with_context(|| format!("EXPLAIN ANALYZE {sql}"))?;
+            let row = one(
+                &conn,
+                &format!("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}"),
+                &[],
+            )
+            .await
+            .with_context(|| format!("EXPLAIN ANALYZE {sql}"))?;
             let doc: serde_json::Value = row.try_get(0).context("EXPLAIN output")?;
             let top = &doc[0];
             let exec = top["Execution Time"].as_f64().unwrap_or(f64::NAN);
@@ -535,8 +564,7 @@ pub async fn explain(pool: &Pool, runs: u32) -> anyhow::Result<Vec<Timing>> {
                 times.push(exec);
             }
         }
-        let plan = conn
-            .query(&format!("EXPLAIN (ANALYZE, BUFFERS) {sql}"), &[])
+        let plan = rows(&conn, &format!("EXPLAIN (ANALYZE, BUFFERS) {sql}"), &[])
             .await
             .with_context(|| format!("EXPLAIN ANALYZE {sql}"))?
             .iter()
@@ -590,17 +618,17 @@ pub async fn archive_size(pool: &Pool) -> anyhow::Result<(i64, i64, i64, i64)> {
         .get()
         .await
         .context("cannot get a database connection")?;
-    let r = conn
-        .query_one(
-            "SELECT (SELECT total_events FROM events_statistics),
+    let r = one(
+        &conn,
+        "SELECT (SELECT total_events FROM events_statistics),
                     (SELECT coalesce(sum(event_count), 0)::BIGINT FROM analytics_relays)
                       + (SELECT count(*) FROM events_relays
                          WHERE ingest_seq > analytics_watermark()),
                     (SELECT count(*) FROM relays),
                     (SELECT count(*) FROM relay_metadata)",
-            &[],
-        )
-        .await
-        .context("cannot measure the archive")?;
+        &[],
+    )
+    .await
+    .context("cannot measure the archive")?;
     Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?, r.try_get(3)?))
 }

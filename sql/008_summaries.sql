@@ -6,15 +6,17 @@
 --
 -- How changes are captured, and why this way
 -- ------------------------------------------
--- The ingestion hot path (the sink's batched INSERT ... ON CONFLICT DO
+-- The ingestion hot path (the sink's COPY, or its INSERT ... ON CONFLICT DO
 -- NOTHING) must not pay for the summaries: no row-level triggers, and no
--- statement-level triggers either (aggregating every INSERT into a dozen
--- summary rows would roughly double the sink's cost and serialize concurrent
--- writers on the hottest summary rows). Instead every new row of events,
--- events_relays and relay_metadata gets a number from one sequence,
+-- aggregating statement-level triggers either (folding every batch into a
+-- dozen summary rows would roughly double the sink's cost and serialize
+-- concurrent writers on the hottest summary rows). Instead every new row of
+-- events, events_relays and relay_metadata gets a number from one sequence,
 -- analytics_seq, in a column ingest_seq with a btree index (an append to
--- the right edge of the index: cheap). A row absorbed by ON CONFLICT DO
--- NOTHING is never written, so it neither gets a number nor is counted again.
+-- the right edge of the index). The default is a plain nextval(), which
+-- keeps COPY's multi-row insert (any other volatile default turns it off).
+-- A row absorbed by ON CONFLICT DO NOTHING is never written, so it is not
+-- counted again; the number it drew is simply skipped.
 --
 -- Alternatives considered and rejected:
 --   * a watermark on events.created_at: not in insertion order (relays serve
@@ -33,9 +35,11 @@
 -- folds up to a bound it has proven complete:
 --   1. it reads the sequence's last value S (statement A), then takes a
 --      snapshot X (statement B, later);
---   2. the column default calls pg_current_xact_id() before nextval(), so
---      any transaction holding a number <= S had its transaction id before
---      A, hence is finished at X or listed as running in X;
+--   2. a BEFORE INSERT ... FOR EACH STATEMENT trigger (one call per
+--      statement, not per row) assigns the transaction its id before any
+--      row of the statement draws a number, so any transaction holding a
+--      number <= S had its transaction id before A, hence is finished at X
+--      or listed as running in X;
 --   3. once pg_snapshot_xmin(now) >= pg_snapshot_xmax(X), every transaction
 --      running at X has ended, and every row numbered <= S is final.
 -- S is then the new safe bound. In an idle database this holds at once; under
@@ -80,14 +84,32 @@ COMMENT ON SEQUENCE analytics_seq IS
 -- ADD COLUMN without a default is instant (no table rewrite); the default set
 -- afterwards applies to new rows only.
 ALTER TABLE events ADD COLUMN ingest_seq BIGINT;
-ALTER TABLE events ALTER COLUMN ingest_seq
-    SET DEFAULT CASE WHEN pg_current_xact_id() IS NOT NULL THEN nextval('analytics_seq') END;
+ALTER TABLE events ALTER COLUMN ingest_seq SET DEFAULT nextval('analytics_seq');
 ALTER TABLE events_relays ADD COLUMN ingest_seq BIGINT;
-ALTER TABLE events_relays ALTER COLUMN ingest_seq
-    SET DEFAULT CASE WHEN pg_current_xact_id() IS NOT NULL THEN nextval('analytics_seq') END;
+ALTER TABLE events_relays ALTER COLUMN ingest_seq SET DEFAULT nextval('analytics_seq');
 ALTER TABLE relay_metadata ADD COLUMN ingest_seq BIGINT;
-ALTER TABLE relay_metadata ALTER COLUMN ingest_seq
-    SET DEFAULT CASE WHEN pg_current_xact_id() IS NOT NULL THEN nextval('analytics_seq') END;
+ALTER TABLE relay_metadata ALTER COLUMN ingest_seq SET DEFAULT nextval('analytics_seq');
+
+-- Step 2 above: the writing transaction has its id before its rows draw numbers.
+CREATE OR REPLACE FUNCTION analytics_take_xid()
+RETURNS TRIGGER
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM pg_current_xact_id();
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION analytics_take_xid() IS
+    'Statement trigger: assigns the transaction id before the statement''s rows draw analytics_seq numbers';
+
+CREATE TRIGGER events_analytics_take_xid
+    BEFORE INSERT ON events FOR EACH STATEMENT EXECUTE FUNCTION analytics_take_xid();
+CREATE TRIGGER events_relays_analytics_take_xid
+    BEFORE INSERT ON events_relays FOR EACH STATEMENT EXECUTE FUNCTION analytics_take_xid();
+CREATE TRIGGER relay_metadata_analytics_take_xid
+    BEFORE INSERT ON relay_metadata FOR EACH STATEMENT EXECUTE FUNCTION analytics_take_xid();
 
 COMMENT ON COLUMN events.ingest_seq IS
     'Insertion number (analytics_seq) for the analytics refresher; NULL for rows older than the summaries';
@@ -161,12 +183,25 @@ COMMENT ON TABLE analytics_kind_pubkeys IS 'Folded events per (author, kind): th
 
 -- Folded events per minute of created_at (minute_start = created_at rounded
 -- down to a multiple of 60), for the sliding windows of events_statistics.
+-- Only events created within analytics_bucket_horizon() of the fold are
+-- bucketed, and older buckets are pruned: the windows (at most 7 days back)
+-- never read them, so a backfill of old events costs no bucket upserts and
+-- both tables stay small.
 CREATE TABLE analytics_minutes (
     minute_start  BIGINT  PRIMARY KEY,
     event_count   BIGINT  NOT NULL
 );
 
 COMMENT ON TABLE analytics_minutes IS 'Folded events per minute of created_at (events_statistics windows)';
+
+-- The same per hour: a 7-day window then sums at most 168 hours and 59
+-- minutes instead of 10,080 minutes.
+CREATE TABLE analytics_hours (
+    hour_start   BIGINT  PRIMARY KEY,
+    event_count  BIGINT  NOT NULL
+);
+
+COMMENT ON TABLE analytics_hours IS 'Folded events per hour of created_at (events_statistics windows)';
 
 CREATE TABLE analytics_relays (
     relay_url      TEXT    PRIMARY KEY,
@@ -256,9 +291,12 @@ AS $$ SELECT 7089335890143377780::BIGINT $$;
 -- estimating `ingest_seq > analytics_watermark()`, so it sizes the tail from
 -- the index statistics instead of guessing a third of the table, and picks
 -- hashed subplans for it. At run time it reads the query's snapshot.
+-- PARALLEL RESTRICTED keeps the tail scans in the leader: the tail is small,
+-- and starting parallel workers for it (which stale statistics invite)
+-- costs more than the scan.
 CREATE OR REPLACE FUNCTION analytics_watermark()
 RETURNS BIGINT
-LANGUAGE sql STABLE PARALLEL SAFE
+LANGUAGE sql STABLE PARALLEL RESTRICTED
 AS $$ SELECT watermark FROM analytics_state $$;
 
 -- Start of the minute holding ts (rounds down, negative ts included).
@@ -272,6 +310,24 @@ CREATE OR REPLACE FUNCTION analytics_minute_ceil(ts BIGINT)
 RETURNS BIGINT
 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
 AS $$ SELECT ts + ((60 - (((ts % 60) + 60) % 60)) % 60) $$;
+
+-- How far back (seconds) created_at is bucketed per minute and hour: 8 days,
+-- more than the longest window (7 days) plus the hour of a partial bucket.
+CREATE OR REPLACE FUNCTION analytics_bucket_horizon()
+RETURNS BIGINT
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+AS $$ SELECT 691200::BIGINT $$;
+
+-- Start of the hour holding ts, and of the first hour at or after ts.
+CREATE OR REPLACE FUNCTION analytics_hour(ts BIGINT)
+RETURNS BIGINT
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$ SELECT ts - (((ts % 3600) + 3600) % 3600) $$;
+
+CREATE OR REPLACE FUNCTION analytics_hour_ceil(ts BIGINT)
+RETURNS BIGINT
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$ SELECT ts + ((3600 - (((ts % 3600) + 3600) % 3600)) % 3600) $$;
 
 COMMENT ON FUNCTION analytics_watermark() IS 'Rows with ingest_seq above this are not folded into the summaries yet';
 
@@ -374,6 +430,7 @@ DECLARE
     v_gone   TEXT[];
     v_kgone  INTEGER[];
     v_mgone  BIGINT[];
+    v_hgone  BIGINT[];
     v_pub    BIGINT;
     v_kinds  BIGINT;
     v_bad    BOOLEAN;
@@ -485,6 +542,7 @@ BEGIN
         INSERT INTO analytics_minutes AS t (minute_start, event_count)
         SELECT analytics_minute(u.ts), count(*) * p_sign
         FROM unnest(p_created_at) AS u (ts)
+        WHERE u.ts >= now_epoch() - analytics_bucket_horizon()
         GROUP BY 1
         ON CONFLICT (minute_start) DO UPDATE SET event_count = t.event_count + EXCLUDED.event_count
         RETURNING t.minute_start, t.event_count
@@ -499,6 +557,28 @@ BEGIN
     END IF;
     IF v_mgone IS NOT NULL THEN
         DELETE FROM analytics_minutes WHERE minute_start = ANY (v_mgone);
+    END IF;
+
+    -- Hours of created_at.
+    WITH up AS (
+        INSERT INTO analytics_hours AS t (hour_start, event_count)
+        SELECT analytics_hour(u.ts), count(*) * p_sign
+        FROM unnest(p_created_at) AS u (ts)
+        WHERE u.ts >= now_epoch() - analytics_bucket_horizon()
+        GROUP BY 1
+        ON CONFLICT (hour_start) DO UPDATE SET event_count = t.event_count + EXCLUDED.event_count
+        RETURNING t.hour_start, t.event_count
+    )
+    SELECT array_agg(up.hour_start) FILTER (WHERE up.event_count = 0),
+           coalesce(bool_or(up.event_count < 0), FALSE)
+    INTO v_hgone, v_bad
+    FROM up;
+    IF v_bad THEN
+        RAISE EXCEPTION 'analytics summaries are out of step with events (hour counts)'
+            USING HINT = 'run `bigbrotr analytics rebuild` (SELECT analytics_rebuild())';
+    END IF;
+    IF v_hgone IS NOT NULL THEN
+        DELETE FROM analytics_hours WHERE hour_start = ANY (v_hgone);
     END IF;
 
     -- Global counters (one event_category call per distinct kind).
@@ -692,6 +772,13 @@ BEGIN
         v_wm := v_hi;
     END IF;
 
+    -- Buckets past the horizon (an hour of slack, so the bucket of an event
+    -- still inside the horizon is never pruned before a decrement finds it).
+    DELETE FROM analytics_minutes
+    WHERE minute_start < now_epoch() - analytics_bucket_horizon() - 3600;
+    DELETE FROM analytics_hours
+    WHERE hour_start < now_epoch() - analytics_bucket_horizon() - 3600;
+
     UPDATE analytics_state
     SET watermark = v_wm,
         safe_seq = v_safe,
@@ -735,6 +822,7 @@ BEGIN
     DELETE FROM analytics_pubkeys;
     DELETE FROM analytics_kinds;
     DELETE FROM analytics_minutes;
+    DELETE FROM analytics_hours;
     DELETE FROM analytics_relays;
     DELETE FROM analytics_relay_checks;
     DELETE FROM analytics_kind_relays;
@@ -749,7 +837,13 @@ BEGIN
     SELECT kp.kind, sum(kp.event_count), count(*)
     FROM analytics_kind_pubkeys AS kp GROUP BY kp.kind;
     INSERT INTO analytics_minutes (minute_start, event_count)
-    SELECT analytics_minute(e.created_at), count(*) FROM events AS e GROUP BY 1;
+    SELECT analytics_minute(e.created_at), count(*)
+    FROM events AS e
+    WHERE e.created_at >= now_epoch() - analytics_bucket_horizon()
+    GROUP BY 1;
+    INSERT INTO analytics_hours (hour_start, event_count)
+    SELECT analytics_hour(m.minute_start), sum(m.event_count)
+    FROM analytics_minutes AS m GROUP BY 1;
     INSERT INTO analytics_relays (relay_url, event_count, first_seen_at, last_seen_at)
     SELECT s.relay_url, count(*), min(s.seen_at), max(s.seen_at)
     FROM events_relays AS s GROUP BY s.relay_url;
@@ -910,30 +1004,40 @@ CROSS JOIN (
 ) AS nk
 CROSS JOIN (
     -- Events created at or after now - window: those of the partial first
-    -- minute straight from the created_at index, the whole minutes after it
-    -- from the summary, and the tail's. Written out per window (not over a
-    -- VALUES list) so the bounds are constants to the planner, which then
-    -- estimates the minute ranges from statistics.
+    -- minute straight from the created_at index, the whole minutes up to the
+    -- next hour and the whole hours after it from the summaries, and the
+    -- tail's. Written out per window (not over a VALUES list) so the bounds
+    -- are constants to the planner, which then estimates the ranges from
+    -- statistics.
     SELECT
         (SELECT count(*) FROM events AS e
          WHERE e.created_at >= now_epoch() - 3600
            AND e.created_at < analytics_minute_ceil(now_epoch() - 3600))
       + (SELECT coalesce(sum(m.event_count), 0)::BIGINT FROM analytics_minutes AS m
-         WHERE m.minute_start >= analytics_minute_ceil(now_epoch() - 3600))
+         WHERE m.minute_start >= analytics_minute_ceil(now_epoch() - 3600)
+           AND m.minute_start < analytics_hour_ceil(analytics_minute_ceil(now_epoch() - 3600)))
+      + (SELECT coalesce(sum(h.event_count), 0)::BIGINT FROM analytics_hours AS h
+         WHERE h.hour_start >= analytics_hour_ceil(analytics_minute_ceil(now_epoch() - 3600)))
       + (SELECT count(*) FROM analytics_pending_events AS pe
          WHERE pe.created_at >= analytics_minute_ceil(now_epoch() - 3600)) AS events_last_hour,
         (SELECT count(*) FROM events AS e
          WHERE e.created_at >= now_epoch() - 86400
            AND e.created_at < analytics_minute_ceil(now_epoch() - 86400))
       + (SELECT coalesce(sum(m.event_count), 0)::BIGINT FROM analytics_minutes AS m
-         WHERE m.minute_start >= analytics_minute_ceil(now_epoch() - 86400))
+         WHERE m.minute_start >= analytics_minute_ceil(now_epoch() - 86400)
+           AND m.minute_start < analytics_hour_ceil(analytics_minute_ceil(now_epoch() - 86400)))
+      + (SELECT coalesce(sum(h.event_count), 0)::BIGINT FROM analytics_hours AS h
+         WHERE h.hour_start >= analytics_hour_ceil(analytics_minute_ceil(now_epoch() - 86400)))
       + (SELECT count(*) FROM analytics_pending_events AS pe
          WHERE pe.created_at >= analytics_minute_ceil(now_epoch() - 86400)) AS events_last_24h,
         (SELECT count(*) FROM events AS e
          WHERE e.created_at >= now_epoch() - 604800
            AND e.created_at < analytics_minute_ceil(now_epoch() - 604800))
       + (SELECT coalesce(sum(m.event_count), 0)::BIGINT FROM analytics_minutes AS m
-         WHERE m.minute_start >= analytics_minute_ceil(now_epoch() - 604800))
+         WHERE m.minute_start >= analytics_minute_ceil(now_epoch() - 604800)
+           AND m.minute_start < analytics_hour_ceil(analytics_minute_ceil(now_epoch() - 604800)))
+      + (SELECT coalesce(sum(h.event_count), 0)::BIGINT FROM analytics_hours AS h
+         WHERE h.hour_start >= analytics_hour_ceil(analytics_minute_ceil(now_epoch() - 604800)))
       + (SELECT count(*) FROM analytics_pending_events AS pe
          WHERE pe.created_at >= analytics_minute_ceil(now_epoch() - 604800)) AS events_last_7d
 ) AS w;
@@ -1137,7 +1241,7 @@ DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'bigbrotr_reader') THEN
         GRANT SELECT ON analytics_state, analytics_kinds, analytics_pubkeys,
-                        analytics_kind_pubkeys, analytics_minutes, analytics_relays,
+                        analytics_kind_pubkeys, analytics_minutes, analytics_hours, analytics_relays,
                         analytics_relay_checks, analytics_kind_relays, analytics_pubkey_relays,
                         analytics_pending_events, analytics_pending_pairs, analytics_pending_check_relays,
                         analytics_status
