@@ -1,11 +1,12 @@
 //! Analytics: keeps the summary tables behind the statistics views current, deletes orphans on
 //! a schedule, and times the views.
 //!
-//! The SQL side is `sql/008_summaries.sql`: every new row of `events`, `events_relays` and
-//! `relay_metadata` is numbered (`ingest_seq`), and `analytics_refresh(batch)` folds at most
-//! `batch` of them into the summaries in one transaction, moving the watermark with them. The
-//! views read the summaries and merge the rows above the watermark, so they are exact at any
-//! moment; this stage only keeps that tail short, off the ingestion hot path.
+//! The SQL side is `sql/008_summaries.sql` and `sql/009_analytics_bounds.sql`: every new row of
+//! `events`, `events_relays` and `relay_metadata` is numbered (`ingest_seq`), and
+//! `analytics_refresh(batch)` folds at most `batch` of them into the summaries in one
+//! transaction, moving the watermark with them. The views read the summaries and merge up to
+//! `view_tail` rows above the watermark, so they are exact while this stage keeps up, off the
+//! ingestion hot path.
 
 use crate::config::Config;
 use crate::db::Pool;
@@ -220,6 +221,24 @@ pub async fn rebuild(pool: &Pool) -> anyhow::Result<u64> {
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
+/// Sets how many numbers past the watermark the statistics views merge
+/// (`analytics_state.view_tail`, see `analytics.view_tail`).
+pub async fn set_view_tail(pool: &Pool, view_tail: u32) -> anyhow::Result<()> {
+    let conn = pool
+        .get()
+        .await
+        .context("cannot get a database connection to configure the analytics")?;
+    let n = i64::from(view_tail);
+    rows(
+        &conn,
+        "UPDATE analytics_state SET view_tail = $1 WHERE view_tail <> $1",
+        &[(&n, Type::INT8)],
+    )
+    .await
+    .context("cannot set analytics_state.view_tail")?;
+    Ok(())
+}
+
 /// The orphans the cleanup deletes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Orphans {
@@ -318,6 +337,10 @@ pub struct Status {
     pub safe_seq: i64,
     /// A candidate bound waiting for in-flight transactions.
     pub pending_seq: Option<i64>,
+    /// Numbers past the watermark the views merge.
+    pub view_tail: i64,
+    /// Rows lie past watermark + view_tail: the views answer as of that point.
+    pub views_lag: bool,
     /// Events not folded yet.
     pub pending_events: i64,
     /// Sightings not folded yet.
@@ -339,7 +362,7 @@ impl Status {
     /// A few lines for the operator.
     pub fn render(&self) -> String {
         format!(
-            "watermark {} (proven safe up to {}{}); not folded yet: {} events, {} sightings, {} snapshots; last refresh {}, last rebuild {}\n",
+            "watermark {} (proven safe up to {}{}); not folded yet: {} events, {} sightings, {} snapshots; views {}; last refresh {}, last rebuild {}\n",
             self.watermark,
             self.safe_seq,
             self.pending_seq
@@ -348,6 +371,14 @@ impl Status {
             self.pending_events,
             self.pending_sightings,
             self.pending_snapshots,
+            if self.views_lag {
+                format!(
+                    "lag (they merge {} numbers past the watermark)",
+                    self.view_tail
+                )
+            } else {
+                "exact".into()
+            },
             self.refreshed_at.map_or("never".into(), |t| t.to_string()),
             self.rebuilt_at.map_or("never".into(), |t| t.to_string()),
         )
@@ -363,7 +394,7 @@ pub async fn status(pool: &Pool) -> anyhow::Result<Status> {
     let r = one(
         &conn,
         "SELECT watermark, safe_seq, pending_seq, pending_events, pending_sightings,
-                pending_snapshots, refreshed_at, rebuilt_at
+                pending_snapshots, refreshed_at, rebuilt_at, view_tail, views_lag
          FROM analytics_status",
         &[],
     )
@@ -378,6 +409,8 @@ pub async fn status(pool: &Pool) -> anyhow::Result<Status> {
         pending_snapshots: r.try_get(5)?,
         refreshed_at: r.try_get(6)?,
         rebuilt_at: r.try_get(7)?,
+        view_tail: r.try_get(8)?,
+        views_lag: r.try_get(9)?,
     })
 }
 
@@ -390,6 +423,7 @@ pub async fn run_forever(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let a = &cfg.analytics;
+    set_view_tail(pool, a.view_tail).await?;
     let interval = Duration::from_secs_f64(a.interval.max(0.001));
     let orphan_every =
         (a.orphan_interval > 0.0).then(|| Duration::from_secs_f64(a.orphan_interval));

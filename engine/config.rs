@@ -399,16 +399,19 @@ pub struct Analytics {
     pub orphan_interval: f64,
     /// Rows deleted per orphan cleanup transaction.
     pub orphan_batch: u32,
+    /// Rows not folded yet that the statistics views merge (past them, the views lag).
+    pub view_tail: u32,
 }
 
 impl Default for Analytics {
     fn default() -> Self {
         Analytics {
             enabled: true,
-            interval: 30.0,
+            interval: 5.0,
             batch: 50_000,
             orphan_interval: 86_400.0,
             orphan_batch: 10_000,
+            view_tail: 2_000,
         }
     }
 }

@@ -21,7 +21,7 @@ const MIGRATION_LOCK_KEY: i64 = 0x6262_7472_6d69_6772;
 const RELAY_CHUNK: usize = 1000;
 
 /// The schema files, in application order.
-static MIGRATIONS: [(i32, &str, &str); 8] = [
+static MIGRATIONS: [(i32, &str, &str); 9] = [
     (
         1,
         "extensions_and_utils",
@@ -38,6 +38,11 @@ static MIGRATIONS: [(i32, &str, &str); 8] = [
         include_str!("../sql/007_readonly_role.sql"),
     ),
     (8, "summaries", include_str!("../sql/008_summaries.sql")),
+    (
+        9,
+        "analytics_bounds",
+        include_str!("../sql/009_analytics_bounds.sql"),
+    ),
 ];
 
 /// Opens a pool of `size` connections to `url` (a libpq-style key=value string or a postgres:// URL); fails fast with a message naming the URL (password masked) if the server is unreachable.

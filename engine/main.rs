@@ -302,6 +302,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 print!("{}", report.render());
             } else {
                 let http = bigbrotr::http::Http::bind(&cfg, &archive.url, pool.clone()).await?;
+                // As in `run`: the statistics views stay current beside a long-running sync.
+                let analytics = cfg.analytics.enabled.then(|| {
+                    let (cfg, pool, stop) = (cfg.clone(), pool.clone(), stop_rx.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = bigbrotr::analytics::run_forever(&cfg, &pool, stop).await
+                        {
+                            tracing::warn!(error = %format!("{e:#}"), "analytics refresher stopped");
+                        }
+                    })
+                });
                 sync::run_forever(
                     &cfg,
                     pool,
@@ -310,6 +320,9 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     bigbrotr::http::serve_on_start(http),
                 )
                 .await?;
+                if let Some(a) = analytics {
+                    let _ = a.await;
+                }
             }
         }
         Cmd::Finder { once } => {
@@ -422,6 +435,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
                     sync::stop_on_signals(stop_tx);
                     if once {
+                        bigbrotr::analytics::set_view_tail(&pool, a.view_tail).await?;
                         let r = bigbrotr::analytics::refresh_all(
                             &pool,
                             a.batch,

@@ -176,6 +176,69 @@ async fn assert_exact(pool: &Pool, when: &str) -> BTreeMap<&'static str, i64> {
     sizes
 }
 
+/// With the refresher further behind than `view_tail`, every view answers as of
+/// watermark + view_tail: exactly the plain aggregates over the rows numbered up to that
+/// (all of relay_metadata for relay_metadata_latest, which never lags; earliest/latest
+/// timestamps, always current, left out).
+async fn assert_as_of_view_bound(pool: &Pool, when: &str) {
+    let conn = pool.get().await.expect("conn");
+    let bounded = |table: &str| {
+        format!(
+            "(SELECT * FROM {table}
+              WHERE ingest_seq IS NULL OR ingest_seq <= analytics_view_bound())"
+        )
+    };
+    let mut wrong = Vec::new();
+    for (view, reference) in REFERENCE {
+        let reference = if view == "relay_metadata_latest" {
+            reference.to_string()
+        } else {
+            reference
+                .replace(
+                    "FROM events AS e",
+                    &format!("FROM {} AS e", bounded("events")),
+                )
+                .replace(
+                    "JOIN events AS e",
+                    &format!("JOIN {} AS e", bounded("events")),
+                )
+                .replace(
+                    "FROM events_relays AS er",
+                    &format!("FROM {} AS er", bounded("events_relays")),
+                )
+                .replace(
+                    "FROM relay_metadata AS m",
+                    &format!("FROM {} AS m", bounded("relay_metadata")),
+                )
+        };
+        let row = "to_jsonb(x) - ARRAY['earliest_event_timestamp', 'latest_event_timestamp']";
+        let diff: Vec<String> = conn
+            .query(
+                &format!(
+                    "SELECT d::text FROM (
+                         (SELECT {row} FROM {view} AS x EXCEPT ALL SELECT {row} FROM ({reference}) AS x)
+                         UNION ALL
+                         (SELECT {row} FROM ({reference}) AS x EXCEPT ALL SELECT {row} FROM {view} AS x)
+                     ) AS t (d) LIMIT 6"
+                ),
+                &[],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{when}: comparing {view}: {e}"))
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !diff.is_empty() {
+            wrong.push(format!("{view}: {}", diff.join("\n    ")));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "{when}: views differ from the aggregates as of the view bound:\n  {}",
+        wrong.join("\n  ")
+    );
+}
+
 /// Every row of every keyed view, as JSON text.
 async fn view_rows(pool: &Pool) -> BTreeMap<&'static str, BTreeSet<String>> {
     let c = pool.get().await.expect("conn");
@@ -635,6 +698,76 @@ async fn rows_of_an_open_transaction_are_folded_once_it_commits() {
     let _ = driver.await;
 }
 
+/// Writers committing in parallel (numbers commit out of order), a refresher folding a few
+/// rows at a time and the orphan cleanup, all at once: no row is skipped or counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_refresher_and_cleanup_stay_exact() {
+    let (pool, _db) = test_db().await;
+    {
+        let c = pool.get().await.expect("conn");
+        for e in &events(6, "race-orphan") {
+            insert_orphan(&*c, e).await;
+        }
+    }
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                let c = pool.get().await.expect("conn");
+                let relay = format!("wss://writer{w}.example.com");
+                for (i, e) in events(150, &format!("race{w}")).iter().enumerate() {
+                    insert_event(&*c, e, &relay).await;
+                    if i % 20 == 0 {
+                        insert_checks(&*c, &relay, 1_700_000_000 + i as i64, 1).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let refresher = {
+        let (pool, done) = (pool.clone(), done_rx.clone());
+        tokio::spawn(async move {
+            let mut steps = 0u64;
+            while !*done.borrow() {
+                analytics::refresh_step(&pool, 1 + (steps % 4) as u32)
+                    .await
+                    .expect("step");
+                steps += 1;
+            }
+            steps
+        })
+    };
+    let cleaner = {
+        let (pool, done) = (pool.clone(), done_rx.clone());
+        tokio::spawn(async move {
+            let mut deleted = 0;
+            while !*done.borrow() {
+                deleted += analytics::delete_orphans(&pool, Orphans::Events, 1)
+                    .await
+                    .expect("delete");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            deleted
+        })
+    };
+    for w in writers {
+        w.await.expect("writer");
+    }
+    done_tx.send(true).expect("done");
+    let steps = refresher.await.expect("refresher");
+    let deleted = cleaner.await.expect("cleaner")
+        + analytics::cleanup_orphans(&pool, 100, None)
+            .await
+            .expect("cleanup")
+            .events;
+    assert!(steps > 0);
+    assert_eq!(deleted, 6);
+    refresh_everything(&pool, 1000).await;
+    assert_exact(&pool, "after concurrent writers").await;
+    assert_eq!(totals(&pool).await.0, 600);
+}
+
 /// An archive written before migration 008: its rows carry no number and are counted by the
 /// migration's initial build.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -674,7 +807,7 @@ async fn the_migration_counts_rows_written_before_it() {
     }
     assert_eq!(
         bigbrotr::db::migrate(&pool).await.expect("migrate"),
-        vec![8]
+        vec![8, 9]
     );
     let st = analytics::status(&pool).await.expect("status");
     assert_eq!(st.pending(), 0, "all counted by the initial build: {st:?}");
@@ -812,6 +945,67 @@ async fn refuses_snapshot_isolation() {
         assert!(msg.contains("READ COMMITTED"), "{f}: {e:?}");
         tx.rollback().await.expect("rollback");
     }
+}
+
+/// Further behind than `view_tail`, the views answer as of watermark + view_tail in one
+/// consistent cut (never slower, never inexact about that point), and are exact again once
+/// the refresher catches up; relay_metadata_latest never lags.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_view_tail_the_views_answer_as_of_the_bound() {
+    let (pool, _db) = test_db().await;
+    analytics::set_view_tail(&pool, 7).await.expect("view_tail");
+    let c = pool.get().await.expect("conn");
+    let evs = events(20, "lag");
+    for (i, e) in evs.iter().enumerate() {
+        insert_event(&*c, e, "wss://lag.example.com").await;
+        if i % 4 == 0 {
+            insert_checks(
+                &*c,
+                "wss://lag.example.com",
+                1_700_000_000 + i as i64 * 600,
+                2,
+            )
+            .await;
+        }
+        // A sighting whose event comes later, and the other way round, across the bound.
+        if i == 2 {
+            insert_sighting(&*c, &evs[19], "wss://early.example.com").await;
+        }
+    }
+    let st = analytics::status(&pool).await.expect("status");
+    assert!(st.views_lag && st.view_tail == 7, "{st:?}");
+    assert_as_of_view_bound(&pool, "7 numbers merged").await;
+    assert!(
+        totals(&pool).await.0 < 20,
+        "the views must not see every event yet"
+    );
+    let latest: i64 = c
+        .query_one(
+            "SELECT generated_at FROM relay_metadata_latest WHERE relay_url = 'wss://lag.example.com'",
+            &[],
+        )
+        .await
+        .expect("latest")
+        .get(0);
+    assert_eq!(latest, 1_700_000_000 + 16 * 600 + 60, "never lags");
+
+    // Folded a few rows at a time: a consistent cut after every step, exact at the end.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let step = analytics::refresh_step(&pool, 5).await.expect("step");
+        assert_as_of_view_bound(&pool, "while catching up").await;
+        if step.caught_up && !step.waiting {
+            break;
+        }
+        assert!(Instant::now() < deadline, "refresh never caught up");
+        if step.rows() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let st = analytics::status(&pool).await.expect("status");
+    assert!(!st.views_lag, "{st:?}");
+    assert_exact(&pool, "caught up").await;
+    assert_eq!(totals(&pool).await.0, 20);
 }
 
 /// `bigbrotr analytics explain`: every view is timed, with its plan.
