@@ -96,6 +96,8 @@ pub struct Pipeline {
     pub item_channel: usize,
     /// batch → sink channel bound (batches).
     pub batch_channel: usize,
+    /// Batches the sink writes at once, each on its own connection.
+    pub sink_writers: usize,
     /// Verify threads (0 = one per core).
     pub verify_threads: usize,
     /// Pin verify threads to cores.
@@ -115,6 +117,7 @@ impl Default for Pipeline {
             verified_channel: 4096,
             item_channel: 4096,
             batch_channel: 2,
+            sink_writers: 2,
             verify_threads: 0,
             pin_cores: true,
             seen_capacity: 2_000_000,
@@ -835,7 +838,7 @@ impl Config {
         self.monitor.validate(&f)?;
         self.analytics.validate(&f)?;
         self.dvm.validate(&f)?;
-        let checks: [(bool, &str, &str); 9] = [
+        let checks: [(bool, &str, &str); 11] = [
             (self.sync.limit >= 1, "sync.limit", "must be at least 1"),
             (
                 self.sync.max_parallel >= 1,
@@ -871,6 +874,16 @@ impl Config {
                 self.database.pool_size >= 2,
                 "database.pool_size",
                 "must be at least 2",
+            ),
+            (
+                self.pipeline.sink_writers >= 1,
+                "pipeline.sink_writers",
+                "must be at least 1",
+            ),
+            (
+                self.pipeline.sink_writers < self.database.pool_size as usize,
+                "pipeline.sink_writers",
+                "must be below database.pool_size (cursor writes need a connection too)",
             ),
             (
                 self.sync.max_event_bytes <= self.net.max_message_bytes,

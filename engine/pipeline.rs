@@ -96,6 +96,7 @@ impl Pipeline {
                 batch_rx.clone(),
                 cursor_rx,
                 sink_stats.clone(),
+                p.sink_writers,
             )),
         ];
 

@@ -369,33 +369,49 @@ async fn flush_cursors(pool: &Pool, relays: &[Relay], stats: &SinkStats) {
     }
 }
 
-/// Runs until the batch channel closes: writes batches, acknowledges them, persists cursors
-/// (also those moved by rejections upstream, announced on `cursors`).
+/// Runs until the batch channel closes: writes batches on up to `writers` connections at once,
+/// acknowledges each after its commit, persists cursors (also those moved by rejections
+/// upstream, announced on `cursors`).
+///
+/// Several writers let PostgreSQL work on more than one core: one transaction at a time keeps
+/// a single backend busy while the engine waits. Commits may land out of order; that is safe
+/// because a relay's progress counts completed events per window and a cursor moves only past
+/// windows that are complete. Cursor rows are written from this loop alone, so a relay's
+/// persisted position never goes back.
 pub async fn run(
     pool: Pool,
     input: flume::Receiver<Batch>,
     cursors: flume::Receiver<Relay>,
     stats: Arc<SinkStats>,
+    writers: usize,
 ) {
+    let writers = writers.max(1);
     let mut input_open = true;
     // After a fallback, the next batches likely overlap the archive too (a re-sync): they go
     // straight to staging for a while before the direct path is tried again.
     let mut staged_for = 0u32;
-    while input_open {
+    let mut in_flight = futures_util::stream::FuturesUnordered::new();
+    while input_open || !in_flight.is_empty() {
         tokio::select! {
-            b = input.recv_async() => match b {
+            b = input.recv_async(), if input_open && in_flight.len() < writers => match b {
                 Ok(batch) => {
-                    let mode = commit_with_retry(&pool, &batch, &stats, staged_for == 0).await;
-                    staged_for = match (mode, staged_for) {
-                        (_, n) if n > 0 => n - 1,
-                        (WriteMode::Staged, _) => STAGED_AFTER_FALLBACK,
-                        (WriteMode::Direct, _) => 0,
-                    };
-                    let touched = acknowledge(&batch);
-                    flush_cursors(&pool, &touched, &stats).await;
+                    let (pool, stats) = (pool.clone(), stats.clone());
+                    let try_direct = staged_for == 0;
+                    staged_for = staged_for.saturating_sub(1);
+                    in_flight.push(async move {
+                        let mode = commit_with_retry(&pool, &batch, &stats, try_direct).await;
+                        (batch, try_direct && mode == WriteMode::Staged)
+                    });
                 }
                 Err(_) => input_open = false,
             },
+            Some((batch, fell_back)) = futures_util::StreamExt::next(&mut in_flight) => {
+                if fell_back {
+                    staged_for = STAGED_AFTER_FALLBACK;
+                }
+                let touched = acknowledge(&batch);
+                flush_cursors(&pool, &touched, &stats).await;
+            }
             Ok(relay) = cursors.recv_async() => {
                 flush_cursors(&pool, &[relay], &stats).await;
             }
