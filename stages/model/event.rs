@@ -43,8 +43,12 @@ fn hex_field<const N: usize>(v: Option<&Value<'_>>) -> Result<[u8; N], ParseErro
         Some(_) => return Err(ParseError::Malformed),
         None => return Err(ParseError::Malformed),
     };
+    let src = s.as_bytes();
+    if src.len() != 2 * N {
+        return Err(ParseError::BadHex);
+    }
     let mut out = [0u8; N];
-    hex::decode_to_slice(s.as_bytes(), &mut out).map_err(|_| ParseError::BadHex)?;
+    faster_hex::hex_decode(src, &mut out).map_err(|_| ParseError::BadHex)?;
     Ok(out)
 }
 
@@ -271,6 +275,22 @@ mod tests {
         assert_eq!(Event::parse_json(bad.as_bytes()), Err(ParseError::BadTags));
         let bad = EV.replace("\"id\":\"4376", "\"id\":\"zz76");
         assert_eq!(Event::parse_json(bad.as_bytes()), Err(ParseError::BadHex));
+        for (from, to) in [
+            ("\"id\":\"4376", "\"id\":\"376"),
+            ("\"sig\":\"9", "\"sig\":\"99"),
+        ] {
+            let bad = EV.replace(from, to);
+            assert_eq!(Event::parse_json(bad.as_bytes()), Err(ParseError::BadHex));
+        }
+        let bad = EV.replace("\"pubkey\":\"6e46", "\"pubkey\":\"6e4g");
+        assert_eq!(Event::parse_json(bad.as_bytes()), Err(ParseError::BadHex));
+        // Upper-case digits decode to the same bytes (as the hex crate did before).
+        let upper = EV.replace(
+            "4376c65d2f232afbe9b882a35baa4f6f",
+            "4376C65D2F232AFBE9B882A35BAA4F6F",
+        );
+        let ev = Event::parse_json(EV.as_bytes()).expect("parse");
+        assert_eq!(Event::parse_json(upper.as_bytes()).map(|e| e.id), Ok(ev.id));
         assert_eq!(Event::parse_json(b"{\"id\":"), Err(ParseError::Malformed));
     }
 }
