@@ -16,7 +16,16 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        // Most content needs no escape: skip eight bytes at a time while none may need one.
+        if let Some(word) = bytes[i..].first_chunk::<8>() {
+            if !may_need_escape(u64::from_le_bytes(*word)) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
         let esc: &[u8] = match b {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -30,17 +39,37 @@ pub fn write_json_str(out: &mut Vec<u8>, s: &str) {
                 out.extend_from_slice(b"\\u00");
                 out.push(HEX[(b >> 4) as usize]);
                 out.push(HEX[(b & 0xf) as usize]);
-                start = i + 1;
+                i += 1;
+                start = i;
                 continue;
             }
-            _ => continue,
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.extend_from_slice(&bytes[start..i]);
         out.extend_from_slice(esc);
-        start = i + 1;
+        i += 1;
+        start = i;
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// Whether any of the eight bytes of `w` may be `"`, `\\` or below 0x20. Written by hand (SWAR,
+/// "has a byte less than n" / "has a zero byte"): no false negatives; a rare false positive only
+/// sends that word through the byte-by-byte path.
+#[inline(always)]
+fn may_need_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let control = w.wrapping_sub(ONES * 0x20) & !w;
+    let q = w ^ (ONES * u64::from(b'"'));
+    let quote = q.wrapping_sub(ONES) & !q;
+    let b = w ^ (ONES * u64::from(b'\\'));
+    let backslash = b.wrapping_sub(ONES) & !b;
+    (control | quote | backslash) & HIGH != 0
 }
 
 /// Appends lowercase hex of `bytes`.
@@ -134,6 +163,16 @@ mod tests {
     proptest! {
         #[test]
         fn string_matches_serde_json(s in any::<String>()) {
+            prop_assert_eq!(ours(&s), serde_json::to_string(&s).expect("ser"));
+        }
+
+        /// Mostly plain ASCII with escapes at every offset: exercises the word-at-a-time skip.
+        #[test]
+        fn mostly_ascii_matches_serde_json(chars in proptest::collection::vec(prop_oneof![
+            8 => proptest::char::range(' ', '~'),
+            1 => proptest::sample::select(vec!['"', '\\', '\n', '\u{0}', '\u{1f}', '\u{7f}', 'é', '🎉']),
+        ], 0..96)) {
+            let s: String = chars.into_iter().collect();
             prop_assert_eq!(ours(&s), serde_json::to_string(&s).expect("ser"));
         }
 
