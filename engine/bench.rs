@@ -12,7 +12,6 @@ use crate::sync::{sync_once, SyncOptions};
 use anyhow::{bail, Context};
 use bigbrotr_stages::model::{Event, RelayUrl};
 use bigbrotr_stages::verify::{Gate, Verifier};
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -73,6 +72,8 @@ pub struct BenchReport {
     pub others_cpu_s: f64,
     /// Peak resident memory of the engine (this process), MiB.
     pub peak_rss_mib: f64,
+    /// Resident memory when the sync started (the bench's expected ids and allocator state), MiB.
+    pub base_rss_mib: f64,
     /// Seconds the verify threads were busy (summed).
     pub verify_busy_s: f64,
     /// Seconds the sink spent writing (COPY + INSERT + commit).
@@ -96,7 +97,7 @@ impl BenchReport {
              ratio     {:>12.2}  (kept ÷ verify limit)\n\
              cores left {:>11.2}  (PostgreSQL + relays used {:.1} CPU-s); ratio to their limit {:.2}\n\
              signatures verified {} / skipped {}\n\
-             peak RSS  {:>12.1} MiB\n\
+             peak RSS  {:>12.1} MiB  ({:.1} MiB before the sync: the bench's own expected ids)\n\
              stage time: verify busy {:.2}s (summed over threads), sink write {:.2}s\n",
             spec.events,
             spec.relays,
@@ -116,6 +117,7 @@ impl BenchReport {
             self.verified,
             self.skipped,
             self.peak_rss_mib,
+            self.base_rss_mib,
             self.verify_busy_s,
             self.sink_write_s,
         );
@@ -133,10 +135,19 @@ impl BenchReport {
 
 /// Peak resident set size of this process in MiB (Linux `VmHWM`).
 pub fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// Resident set size of this process now, in MiB (Linux `VmRSS`).
+pub fn rss_mib() -> f64 {
+    status_mib("VmRSS:")
+}
+
+fn status_mib(field: &str) -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
                 l.split_whitespace()
                     .nth(1)
                     .and_then(|v| v.parse::<f64>().ok())
@@ -299,7 +310,8 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
     let mut children = Relays(Vec::new());
     let mut urls = Vec::new();
     let mut expected_frames = 0usize;
-    let mut distinct: HashSet<[u8; 32]> = HashSet::new();
+    // The expected ids, sorted (32 bytes each: a hash set would hold twice that through the run).
+    let mut distinct: Vec<[u8; 32]> = Vec::new();
     for r in 0..spec.relays {
         let idx = shard(events.len(), spec.relays, r, spec.overlap);
         expected_frames += idx.len();
@@ -364,8 +376,12 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
         .filter_map(|u| RelayUrl::parse(u, true).ok())
         .collect();
     drop(events);
+    distinct.sort_unstable();
+    distinct.dedup();
+    distinct.shrink_to_fit();
 
     reset_peak_rss();
+    let base_rss = rss_mib();
     let busy0 = machine_busy_secs();
     let own0 = own_cpu_secs();
     let report = sync_once(
@@ -409,7 +425,7 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
         let Ok(id) = <[u8; 32]>::try_from(id) else {
             bail!("bench check failed: malformed id in the archive");
         };
-        if !distinct.contains(&id) {
+        if distinct.binary_search(&id).is_err() {
             bail!("bench check failed: unexpected event {}", hex::encode(id));
         }
     }
@@ -460,6 +476,7 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
         ratio_left: eps / limit_left.max(1e-9),
         others_cpu_s: others_cpu,
         peak_rss_mib: peak,
+        base_rss_mib: base_rss,
         verify_busy_s: report.verify_busy.as_secs_f64(),
         sink_write_s: report.sink_write.as_secs_f64(),
         overfetch: report

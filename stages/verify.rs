@@ -50,6 +50,24 @@ pub struct VerifyStats {
 
 const SHARDS: usize = 64;
 
+/// Keys per generation per shard for a set of about `capacity` keys, rounded down to what a
+/// hash table holds at its maximum load (7/8) of a power-of-two bucket count: 15,625 keys would
+/// take 32,768 buckets (half empty), 14,336 fill 16,384. Memory is then fixed by the capacity.
+fn keys_per_generation(capacity: usize) -> usize {
+    let want = (capacity / SHARDS / 2).max(14);
+    let mut buckets = 16usize;
+    while buckets * 2 / 8 * 7 <= want {
+        buckets *= 2;
+    }
+    buckets / 8 * 7
+}
+
+/// Moves the full young generation to old (dropping the old one) and starts a young one at its
+/// final size, so it never reallocates while it fills.
+fn rotate(young: &mut HashSet<u128>, old: &mut HashSet<u128>, per_shard: usize) {
+    *old = std::mem::replace(young, HashSet::with_capacity(per_shard));
+}
+
 /// A bounded set of 128-bit keys in two generations: when the young one fills, the old one is
 /// dropped. Memory is fixed by capacity; recently inserted keys are always found.
 #[derive(Debug)]
@@ -61,7 +79,7 @@ pub struct SeenSet {
 impl SeenSet {
     /// A set remembering about `capacity` keys.
     pub fn new(capacity: usize) -> SeenSet {
-        let per_shard = (capacity / SHARDS / 2).max(16);
+        let per_shard = keys_per_generation(capacity);
         SeenSet {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new((HashSet::new(), HashSet::new())))
@@ -89,8 +107,8 @@ impl SeenSet {
             return false;
         }
         if g.0.len() >= self.per_shard {
-            let young = std::mem::take(&mut g.0);
-            g.1 = young;
+            let (young, old) = &mut *g;
+            rotate(young, old, self.per_shard);
         }
         g.0.insert(key)
     }
@@ -152,7 +170,7 @@ impl Gate {
             shards: (0..SHARDS)
                 .map(|_| Mutex::new(GateShard::default()))
                 .collect(),
-            per_shard: (capacity / SHARDS / 2).max(16),
+            per_shard: keys_per_generation(capacity),
         }
     }
 
@@ -188,8 +206,8 @@ impl Gate {
         let waiting = g.inflight.remove(&key).unwrap_or_default();
         if ok {
             if g.young.len() >= self.per_shard {
-                let young = std::mem::take(&mut g.young);
-                g.old = young;
+                let GateShard { young, old, .. } = &mut *g;
+                rotate(young, old, self.per_shard);
             }
             g.young.insert(key);
         }
@@ -254,8 +272,8 @@ impl Verifier {
         }
         let mut g = self.gate.shard(key);
         if g.young.len() >= self.gate.per_shard {
-            let young = std::mem::take(&mut g.young);
-            g.old = young;
+            let GateShard { young, old, .. } = &mut *g;
+            rotate(young, old, self.gate.per_shard);
         }
         g.young.insert(key);
         Check::Verified
@@ -408,6 +426,24 @@ pub fn spawn(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn generations_fill_their_tables() {
+        use super::keys_per_generation as k;
+        assert_eq!(k(2_000_000), 14_336);
+        assert_eq!(k(0), 14);
+        for cap in [0, 1_000, 65_536, 2_000_000, 10_000_000] {
+            let n = k(cap);
+            let mut set = std::collections::HashSet::<u128>::with_capacity(n);
+            let buckets = set.capacity();
+            set.extend(0..n as u128);
+            assert_eq!(set.capacity(), buckets, "{cap}: {n} keys grew the table");
+            assert!(
+                n * 64 * 2 <= cap.max(14 * 128),
+                "{cap}: {n} per generation exceeds it"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]
