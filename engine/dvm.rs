@@ -9,20 +9,20 @@
 
 use crate::config::Config;
 use crate::db::Pool;
+use crate::filter_sql::{push, refs, Conditions, SqlParams};
 use anyhow::Context;
 use bb8_postgres::PostgresConnectionManager;
 use bigbrotr_stages::connect::TransportConfig;
 use bigbrotr_stages::dvm::{
     self as stage, Announcement, Backend, DvmSettings, DvmStats, Filter, Job, Limits,
 };
-use bigbrotr_stages::model::canonical::{write_json_str, write_tags};
+use bigbrotr_stages::model::canonical::write_tags;
 use bigbrotr_stages::model::{now_secs, Event, RelayUrl};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 
 /// Longest a job waits for a pooled connection (it also counts against `job_timeout`).
@@ -253,81 +253,27 @@ impl Backend for ArchiveBackend {
     }
 }
 
-/// SQL parameters of a dynamic query, boxed.
-type SqlParams = Vec<Box<dyn ToSql + Sync + Send>>;
-
-/// Appends a parameter; returns its `$n` number.
-fn push(p: Box<dyn ToSql + Sync + Send>, params: &mut SqlParams) -> usize {
-    params.push(p);
-    params.len()
-}
-
-fn refs(params: &SqlParams) -> Vec<&(dyn ToSql + Sync)> {
-    params
-        .iter()
-        .map(|b| b.as_ref() as &(dyn ToSql + Sync))
-        .collect()
-}
-
 /// The WHERE condition of a NIP-01 filter over `events AS e`, its values appended to
-/// `params`.
+/// `params`. An empty list in a job's filter matches nothing.
 fn conditions(f: &Filter, params: &mut SqlParams) -> String {
-    let mut sql = String::from("TRUE");
     let bytes = |v: &Vec<[u8; 32]>| v.iter().map(|b| b.to_vec()).collect::<Vec<Vec<u8>>>();
-    if let Some(ids) = &f.ids {
-        let n = push(Box::new(bytes(ids)), params);
-        sql.push_str(&format!(" AND e.id = ANY(${n})"));
-    }
-    if let Some(authors) = &f.authors {
-        let n = push(Box::new(bytes(authors)), params);
-        sql.push_str(&format!(" AND e.pubkey = ANY(${n})"));
-    }
-    if let Some(kinds) = &f.kinds {
-        let kinds: Vec<i32> = kinds.iter().map(|k| i32::from(*k)).collect();
-        let n = push(Box::new(kinds), params);
-        sql.push_str(&format!(" AND e.kind = ANY(${n})"));
-    }
-    if let Some(v) = f.since {
-        let n = push(Box::new(v), params);
-        sql.push_str(&format!(" AND e.created_at >= ${n}"));
-    }
-    if let Some(v) = f.until {
-        let n = push(Box::new(v), params);
-        sql.push_str(&format!(" AND e.created_at <= ${n}"));
-    }
-    for (letter, values) in &f.tags {
-        // NIP-01 matches a tag's first value only. Rows with raw_canonical keep tags whose
-        // U+0000 was replaced in the jsonb copy: those are matched in the canonical text,
-        // where such a tag starts `["<letter>","<value>"` followed by `,` or `]` (a `["`
-        // cannot occur inside a canonical string: quotes are escaped).
-        let plain: Vec<String> = values
+    let mut sql = String::from("TRUE");
+    Conditions {
+        ids: f.ids.as_ref().map(bytes),
+        authors: f.authors.as_ref().map(bytes),
+        kinds: f
+            .kinds
+            .as_ref()
+            .map(|k| k.iter().map(|k| i32::from(*k)).collect()),
+        since: f.since,
+        until: f.until,
+        tags: f
+            .tags
             .iter()
-            .filter(|v| !v.contains('\0'))
-            .cloned()
-            .collect();
-        let prefixes: Vec<String> = values
-            .iter()
-            .map(|v| {
-                let mut out = vec![b'['];
-                write_json_str(&mut out, &letter.to_string());
-                out.push(b',');
-                write_json_str(&mut out, v);
-                String::from_utf8_lossy(&out).into_owned()
-            })
-            .collect();
-        let a = push(Box::new(letter.to_string()), params);
-        let b = push(Box::new(plain), params);
-        let c = push(Box::new(prefixes), params);
-        sql.push_str(&format!(
-            " AND CASE WHEN e.raw_canonical IS NULL
-                  THEN EXISTS (SELECT 1 FROM jsonb_array_elements(e.tags) AS t
-                               WHERE t->>0 = ${a} AND t->>1 = ANY(${b}))
-                  ELSE EXISTS (SELECT 1 FROM unnest(${c}::text[]) AS p
-                               WHERE strpos(e.raw_canonical, p || ',') > 0
-                                  OR strpos(e.raw_canonical, p || ']') > 0)
-              END"
-        ));
+            .map(|(l, v)| (l.to_string(), v.as_slice()))
+            .collect(),
     }
+    .append_to(&mut sql, params);
     sql
 }
 

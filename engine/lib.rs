@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod dvm;
 pub mod embedded_pg;
+pub mod filter_sql;
 pub mod finder;
 pub mod gen;
 pub mod http;

@@ -385,13 +385,18 @@ async fn a_single_old_forged_event_does_not_make_the_walk_skip_the_history() {
 // 3. Two relays, one sending every event twice, sharing half the events
 // ---------------------------------------------------------------------------------------------
 
-/// R1 (compliant) holds events[0..2000], R2 (duplicates: every EVENT frame twice) holds
-/// events[1000..3000]. The union is archived, provenance is exact for both, and each distinct
-/// event is verified once: 3,000 verified; the other 3,000 deliveries (the shared 1,000 from the
-/// second relay, and R2's 2,000 second copies) are skipped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shared_and_duplicated_events_are_verified_once_with_exact_provenance() {
-    let all = generate(&spec(3000, 104));
+/// 3,000 events: R1 (compliant) holds the first 2,000, R2 (every EVENT frame twice) the last
+/// 2,000. Returns (all, R1's, R2's, R1, R2).
+async fn two_relays_sharing_half(
+    seed: u64,
+) -> (
+    Vec<GenEvent>,
+    Vec<GenEvent>,
+    Vec<GenEvent>,
+    TestRelay,
+    TestRelay,
+) {
+    let all = generate(&spec(3000, seed));
     let a = all[..2000].to_vec();
     let b = all[1000..].to_vec();
     let r1 = TestRelay::start(a.clone(), Behavior::default())
@@ -406,6 +411,16 @@ async fn shared_and_duplicated_events_are_verified_once_with_exact_provenance() 
     )
     .await
     .expect("relay 2");
+    (all, a, b, r1, r2)
+}
+
+/// R1 (compliant) holds events[0..2000], R2 (duplicates: every EVENT frame twice) holds
+/// events[1000..3000]. The union is archived, provenance is exact for both, and each distinct
+/// event is verified once: 3,000 verified; the other 3,000 deliveries (the shared 1,000 from the
+/// second relay, and R2's 2,000 second copies) are skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_and_duplicated_events_are_verified_once_with_exact_provenance() {
+    let (all, a, b, r1, r2) = two_relays_sharing_half(104).await;
     let (pool, db) = test_db().await;
     let cfg = config(&db);
     let report = run(&cfg, &pool, &[r1.url(), r2.url()]).await;
@@ -437,21 +452,7 @@ async fn shared_and_duplicated_events_are_verified_once_with_exact_provenance() 
 /// (waits, fallbacks to staging), yet the archive, the provenance and both cursors are exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_sink_writers_keep_the_archive_and_cursors_exact() {
-    let all = generate(&spec(3000, 105));
-    let a = all[..2000].to_vec();
-    let b = all[1000..].to_vec();
-    let r1 = TestRelay::start(a.clone(), Behavior::default())
-        .await
-        .expect("relay 1");
-    let r2 = TestRelay::start(
-        b.clone(),
-        Behavior {
-            duplicates: true,
-            ..Default::default()
-        },
-    )
-    .await
-    .expect("relay 2");
+    let (all, a, b, r1, r2) = two_relays_sharing_half(105).await;
     let (pool, db) = test_db().await;
     let mut cfg = config(&db);
     cfg.batch.max_rows = 40;

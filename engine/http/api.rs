@@ -6,18 +6,17 @@
 //! parameter, never 500. Pagination is by keyset: each page says where the next begins.
 
 use super::AppState;
+use crate::filter_sql::{push as push_param, Conditions, SqlParams};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bb8_postgres::PostgresConnectionManager;
-use bigbrotr_stages::model::canonical::write_json_str;
 use bigbrotr_stages::model::{Network, RelayUrl};
 use serde::Serialize;
 use std::sync::Arc;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::NoTls;
 use utoipa::{OpenApi, ToSchema};
 
@@ -613,25 +612,6 @@ pub async fn relay_metadata_history(
 // Events
 // ---------------------------------------------------------------------------------------
 
-/// The start of a tag `[letter, value, ...]` in NIP-01 canonical JSON, without the
-/// character that follows the value (`,` or `]`).
-fn canonical_tag_prefix(letter: &str, value: &str) -> String {
-    let mut out = vec![b'['];
-    write_json_str(&mut out, letter);
-    out.push(b',');
-    write_json_str(&mut out, value);
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// SQL parameters of a dynamic query, boxed.
-type SqlParams = Vec<Box<dyn ToSql + Sync + Send>>;
-
-/// Appends a parameter; returns its `$n` number.
-fn push_param(p: Box<dyn ToSql + Sync + Send>, params: &mut SqlParams) -> usize {
-    params.push(p);
-    params.len()
-}
-
 /// A NIP-01 filter from query parameters, validated.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct EventFilter {
@@ -742,54 +722,21 @@ impl EventFilter {
         );
         let mut params = SqlParams::new();
 
-        if !self.ids.is_empty() {
-            let n = push_param(Box::new(self.ids.clone()), &mut params);
-            sql.push_str(&format!(" AND e.id = ANY(${n})"));
-        }
-        if !self.authors.is_empty() {
-            let n = push_param(Box::new(self.authors.clone()), &mut params);
-            sql.push_str(&format!(" AND e.pubkey = ANY(${n})"));
-        }
-        if !self.kinds.is_empty() {
-            let n = push_param(Box::new(self.kinds.clone()), &mut params);
-            sql.push_str(&format!(" AND e.kind = ANY(${n})"));
-        }
-        if let Some(v) = self.since {
-            let n = push_param(Box::new(v), &mut params);
-            sql.push_str(&format!(" AND e.created_at >= ${n}"));
-        }
-        if let Some(v) = self.until {
-            let n = push_param(Box::new(v), &mut params);
-            sql.push_str(&format!(" AND e.created_at <= ${n}"));
-        }
-        for (letter, values) in &self.tags {
-            // NIP-01 matches a tag's first value only, whatever follows it (relay hints,
-            // markers). Rows with raw_canonical hold tags whose U+0000 was replaced in the
-            // jsonb copy: those are matched exactly in the canonical text instead, where a
-            // tag starting with this letter and value reads `["<letter>","<value>"` followed
-            // by `,` or `]` (a `["` never occurs inside a canonical string: quotes are escaped).
-            let plain: Vec<String> = values
+        // Absent and empty lists both mean "no condition" in query parameters.
+        let list = |v: &Vec<_>| (!v.is_empty()).then(|| v.clone());
+        Conditions {
+            ids: list(&self.ids),
+            authors: list(&self.authors),
+            kinds: (!self.kinds.is_empty()).then(|| self.kinds.clone()),
+            since: self.since,
+            until: self.until,
+            tags: self
+                .tags
                 .iter()
-                .filter(|v| !v.contains('\0'))
-                .cloned()
-                .collect();
-            let prefixes: Vec<String> = values
-                .iter()
-                .map(|v| canonical_tag_prefix(letter, v))
-                .collect();
-            let a = push_param(Box::new(letter.clone()), &mut params);
-            let b = push_param(Box::new(plain), &mut params);
-            let c = push_param(Box::new(prefixes), &mut params);
-            sql.push_str(&format!(
-                " AND CASE WHEN e.raw_canonical IS NULL
-                      THEN EXISTS (SELECT 1 FROM jsonb_array_elements(e.tags) AS t
-                                   WHERE t->>0 = ${a} AND t->>1 = ANY(${b}))
-                      ELSE EXISTS (SELECT 1 FROM unnest(${c}::text[]) AS p
-                                   WHERE strpos(e.raw_canonical, p || ',') > 0
-                                      OR strpos(e.raw_canonical, p || ']') > 0)
-                  END"
-            ));
+                .map(|(l, v)| (l.clone(), v.as_slice()))
+                .collect(),
         }
+        .append_to(&mut sql, &mut params);
         if let Some((ts, id)) = &self.cursor {
             let a = push_param(Box::new(*ts), &mut params);
             let b = push_param(Box::new(id.clone()), &mut params);
@@ -895,10 +842,7 @@ pub async fn events(
     let p = Params::parse(q.as_deref())?;
     let f = EventFilter::from_params(&p, s.max_limit)?;
     let (sql, params) = f.query();
-    let refs: Vec<&(dyn ToSql + Sync)> = params
-        .iter()
-        .map(|b| b.as_ref() as &(dyn ToSql + Sync))
-        .collect();
+    let refs = crate::filter_sql::refs(&params);
     let conn = reader(&s).await?;
     let rows = conn.query(&sql, &refs).await?;
     let more = rows.len() as i64 > f.limit;
@@ -1152,6 +1096,7 @@ pub async fn stats_relays(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filter_sql::canonical_tag_prefix;
 
     fn filter(q: &str) -> Result<EventFilter, ApiError> {
         EventFilter::from_params(&Params::parse(Some(q))?, 500)
