@@ -62,33 +62,49 @@ fn keys_per_generation(capacity: usize) -> usize {
     buckets / 8 * 7
 }
 
-/// Moves the full young generation to old (dropping the old one) and starts a young one at its
-/// final size, so it never reallocates while it fills.
-fn rotate(young: &mut HashSet<u128>, old: &mut HashSet<u128>, per_shard: usize) {
-    *old = std::mem::replace(young, HashSet::with_capacity(per_shard));
+/// Two generations of keys: when the young one is full it becomes the old one (the old one is
+/// dropped) and a young one starts at its final size, so it never reallocates while it fills.
+#[derive(Debug, Default)]
+struct Generations {
+    young: HashSet<u128>,
+    old: HashSet<u128>,
+}
+
+impl Generations {
+    fn contains(&self, key: u128) -> bool {
+        self.young.contains(&key) || self.old.contains(&key)
+    }
+
+    /// Inserts `key` (at most `per_generation` keys a generation); false if it was present.
+    fn insert(&mut self, key: u128, per_generation: usize) -> bool {
+        if self.contains(key) {
+            return false;
+        }
+        if self.young.len() >= per_generation {
+            self.old = std::mem::replace(&mut self.young, HashSet::with_capacity(per_generation));
+        }
+        self.young.insert(key)
+    }
 }
 
 /// A bounded set of 128-bit keys in two generations: when the young one fills, the old one is
 /// dropped. Memory is fixed by capacity; recently inserted keys are always found.
 #[derive(Debug)]
 pub struct SeenSet {
-    shards: Vec<Mutex<(HashSet<u128>, HashSet<u128>)>>,
+    shards: Vec<Mutex<Generations>>,
     per_shard: usize,
 }
 
 impl SeenSet {
     /// A set remembering about `capacity` keys.
     pub fn new(capacity: usize) -> SeenSet {
-        let per_shard = keys_per_generation(capacity);
         SeenSet {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new((HashSet::new(), HashSet::new())))
-                .collect(),
-            per_shard,
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            per_shard: keys_per_generation(capacity),
         }
     }
 
-    fn shard(&self, key: u128) -> std::sync::MutexGuard<'_, (HashSet<u128>, HashSet<u128>)> {
+    fn shard(&self, key: u128) -> std::sync::MutexGuard<'_, Generations> {
         self.shards[(key as usize) % SHARDS]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -96,21 +112,12 @@ impl SeenSet {
 
     /// True if `key` is present.
     pub fn contains(&self, key: u128) -> bool {
-        let g = self.shard(key);
-        g.0.contains(&key) || g.1.contains(&key)
+        self.shard(key).contains(key)
     }
 
     /// Inserts `key`; returns false if it was already present.
     pub fn insert(&self, key: u128) -> bool {
-        let mut g = self.shard(key);
-        if g.0.contains(&key) || g.1.contains(&key) {
-            return false;
-        }
-        if g.0.len() >= self.per_shard {
-            let (young, old) = &mut *g;
-            rotate(young, old, self.per_shard);
-        }
-        g.0.insert(key)
+        self.shard(key).insert(key, self.per_shard)
     }
 }
 
@@ -137,8 +144,8 @@ pub enum Check {
 
 #[derive(Debug, Default)]
 struct GateShard {
-    young: HashSet<u128>,
-    old: HashSet<u128>,
+    /// Keys verified.
+    verified: Generations,
     /// Keys being verified right now, with the copies that arrived meanwhile.
     inflight: HashMap<u128, Vec<RawEvent>>,
 }
@@ -182,14 +189,13 @@ impl Gate {
 
     /// True if `key` was verified.
     pub fn is_verified(&self, key: u128) -> bool {
-        let g = self.shard(key);
-        g.young.contains(&key) || g.old.contains(&key)
+        self.shard(key).verified.contains(key)
     }
 
     /// Decides what to do with `raw`, whose id has been recomputed and matches.
     pub fn admit(&self, key: u128, raw: RawEvent) -> Admit {
         let mut g = self.shard(key);
-        if g.young.contains(&key) || g.old.contains(&key) {
+        if g.verified.contains(key) {
             return Admit::Seen(raw);
         }
         if let Some(waiting) = g.inflight.get_mut(&key) {
@@ -205,11 +211,7 @@ impl Gate {
         let mut g = self.shard(key);
         let waiting = g.inflight.remove(&key).unwrap_or_default();
         if ok {
-            if g.young.len() >= self.per_shard {
-                let GateShard { young, old, .. } = &mut *g;
-                rotate(young, old, self.per_shard);
-            }
-            g.young.insert(key);
+            g.verified.insert(key, self.per_shard);
         }
         waiting
     }
@@ -270,12 +272,10 @@ impl Verifier {
         if !self.check_sig(ev) {
             return Check::Rejected(Reason::BadSig);
         }
-        let mut g = self.gate.shard(key);
-        if g.young.len() >= self.gate.per_shard {
-            let GateShard { young, old, .. } = &mut *g;
-            rotate(young, old, self.gate.per_shard);
-        }
-        g.young.insert(key);
+        self.gate
+            .shard(key)
+            .verified
+            .insert(key, self.gate.per_shard);
         Check::Verified
     }
 }
@@ -426,6 +426,8 @@ pub fn spawn(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn generations_fill_their_tables() {
         use super::keys_per_generation as k;
@@ -443,8 +445,6 @@ mod tests {
             );
         }
     }
-
-    use super::*;
 
     #[test]
     fn bip340_official_vectors() {
@@ -518,7 +518,7 @@ mod tests {
             .iter()
             .map(|m| {
                 let g = m.lock().expect("lock");
-                g.0.len() + g.1.len()
+                g.young.len() + g.old.len()
             })
             .sum();
         assert!(total <= SHARDS * 2 * 16);
