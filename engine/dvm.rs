@@ -9,7 +9,7 @@
 
 use crate::config::Config;
 use crate::db::Pool;
-use crate::filter_sql::{push, refs, Conditions, SqlParams};
+use crate::filter_sql::{push, refs, stored_tags_and_content, Conditions, SqlParams, StoredError};
 use anyhow::Context;
 use bb8_postgres::PostgresConnectionManager;
 use bigbrotr_stages::connect::TransportConfig;
@@ -280,30 +280,14 @@ fn conditions(f: &Filter, params: &mut SqlParams) -> String {
 /// Rebuilds the signed event of an `events` row; rows with `raw_canonical` (U+0000 in
 /// content or tags) are read from the canonical text, so the event is exactly the signed one.
 fn event_from_row(r: &tokio_postgres::Row) -> Result<Event, String> {
-    use serde::de::IgnoredAny;
     let bad = |what: &str| {
         tracing::warn!("DVM: {what}");
         "the archive holds an unreadable event".to_string()
     };
-    let raw: Option<String> = r.try_get(7).map_err(|e| db_error(&e))?;
-    let (tags, content): (Vec<Vec<String>>, String) = match raw {
-        Some(canonical) => {
-            let (_, _, _, _, tags, content): (
-                IgnoredAny,
-                IgnoredAny,
-                IgnoredAny,
-                IgnoredAny,
-                _,
-                _,
-            ) = serde_json::from_str(&canonical).map_err(|_| bad("malformed raw_canonical"))?;
-            (tags, content)
-        }
-        None => {
-            let text: String = r.try_get(4).map_err(|e| db_error(&e))?;
-            let tags = serde_json::from_str(&text).map_err(|_| bad("malformed tags"))?;
-            (tags, r.try_get(5).map_err(|e| db_error(&e))?)
-        }
-    };
+    let (tags, content) = stored_tags_and_content(r).map_err(|e| match e {
+        StoredError::Db(e) => db_error(&e),
+        StoredError::Malformed(column) => bad(&format!("malformed {column}")),
+    })?;
     let fixed =
         |col: usize| -> Result<Vec<u8>, String> { r.try_get(col).map_err(|e| db_error(&e)) };
     let id: [u8; 32] = fixed(0)?

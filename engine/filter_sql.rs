@@ -1,4 +1,5 @@
-//! NIP-01 filters as SQL over `events AS e`, shared by the REST API and the DVM.
+//! NIP-01 events in SQL, shared by the REST API and the DVM: filters as conditions over
+//! `events AS e`, and stored rows read back as the signed tags and content.
 
 use bigbrotr_stages::model::canonical::write_json_str;
 use tokio_postgres::types::ToSql;
@@ -100,4 +101,49 @@ pub fn canonical_tag_prefix(letter: &str, value: &str) -> String {
     out.push(b',');
     write_json_str(&mut out, value);
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Why a stored event could not be read back.
+#[derive(Debug)]
+pub enum StoredError {
+    /// The database (a column missing or of another type).
+    Db(tokio_postgres::Error),
+    /// The stored text does not parse: which column.
+    Malformed(&'static str),
+}
+
+impl From<tokio_postgres::Error> for StoredError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        StoredError::Db(e)
+    }
+}
+
+/// Tags and content of an `events` row selected as `id, pubkey, created_at, kind, tags::text,
+/// content, sig, raw_canonical`. Rows with `raw_canonical` hold content or tags with U+0000
+/// that `text`/`jsonb` could not: those come from the canonical text, so they are exactly the
+/// signed ones.
+pub fn stored_tags_and_content(
+    r: &tokio_postgres::Row,
+) -> Result<(Vec<Vec<String>>, String), StoredError> {
+    use serde::de::IgnoredAny;
+    type Canonical = (
+        IgnoredAny,
+        IgnoredAny,
+        IgnoredAny,
+        IgnoredAny,
+        Vec<Vec<String>>,
+        String,
+    );
+    match r.try_get::<_, Option<String>>(7)? {
+        Some(canonical) => {
+            let (_, _, _, _, tags, content): Canonical = serde_json::from_str(&canonical)
+                .map_err(|_| StoredError::Malformed("raw_canonical"))?;
+            Ok((tags, content))
+        }
+        None => {
+            let text: String = r.try_get(4)?;
+            let tags = serde_json::from_str(&text).map_err(|_| StoredError::Malformed("tags"))?;
+            Ok((tags, r.try_get(5)?))
+        }
+    }
 }

@@ -6,7 +6,9 @@
 //! parameter, never 500. Pagination is by keyset: each page says where the next begins.
 
 use super::AppState;
-use crate::filter_sql::{push as push_param, Conditions, SqlParams};
+use crate::filter_sql::{
+    push as push_param, stored_tags_and_content, Conditions, SqlParams, StoredError,
+};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -778,34 +780,15 @@ pub struct EventsPage {
     pub cursor: Option<String>,
 }
 
-/// Rebuilds the NIP-01 event of an `events` row. Rows with `raw_canonical` hold content or
-/// tags with U+0000 that `text`/`jsonb` could not: those come from the canonical text, so
-/// the event is exactly the signed one.
+/// Rebuilds the NIP-01 event of an `events` row (see [`stored_tags_and_content`]).
 fn event_from_row(r: &tokio_postgres::Row) -> Result<NostrEvent, ApiError> {
-    use serde::de::IgnoredAny;
     let id: Vec<u8> = r.try_get(0)?;
-    let raw: Option<String> = r.try_get(7)?;
-    let (tags, content) = match raw {
-        Some(canonical) => {
-            let (_, _, _, _, tags, content): (
-                IgnoredAny,
-                IgnoredAny,
-                IgnoredAny,
-                IgnoredAny,
-                Vec<Vec<String>>,
-                String,
-            ) = serde_json::from_str(&canonical).map_err(|e| {
-                ApiError::internal("stored event has a malformed raw_canonical", &e)
-            })?;
-            (tags, content)
+    let (tags, content) = stored_tags_and_content(r).map_err(|e| match e {
+        StoredError::Db(e) => ApiError::from(e),
+        StoredError::Malformed(column) => {
+            ApiError::internal(&format!("stored event has a malformed {column}"), &column)
         }
-        None => {
-            let tags_text: String = r.try_get(4)?;
-            let tags: Vec<Vec<String>> = serde_json::from_str(&tags_text)
-                .map_err(|e| ApiError::internal("stored event has malformed tags", &e))?;
-            (tags, r.try_get(5)?)
-        }
-    };
+    })?;
     Ok(NostrEvent {
         id: hex::encode(&id),
         pubkey: hex::encode(r.try_get::<_, Vec<u8>>(1)?),
