@@ -588,6 +588,19 @@ impl Connector {
         Ok(())
     }
 
+    /// A frame already received, taken without waiting while events are queued; `None` when the
+    /// socket has nothing ready (or nothing is queued): then the queue is sent before waiting,
+    /// so chunks form without holding events back.
+    fn ready_frame(
+        sess: &mut Session,
+    ) -> Option<Option<Result<Message, tokio_tungstenite::tungstenite::Error>>> {
+        if sess.pending.is_empty() {
+            None
+        } else {
+            sess.ws.next().now_or_never()
+        }
+    }
+
     /// Sends the queued events (the bounded channel applies backpressure here).
     async fn flush(&self, sess: &mut Session) -> Result<(), Fail> {
         if sess.pending.is_empty() {
@@ -652,14 +665,7 @@ impl Connector {
         w: &mut WindowResult,
     ) -> Result<(), Fail> {
         loop {
-            // Take a frame that is already here; only when the socket has nothing ready are the
-            // queued events sent, so chunks form without holding events back.
-            let ready = if sess.pending.is_empty() {
-                None
-            } else {
-                sess.ws.next().now_or_never()
-            };
-            let next = match ready {
+            let next = match Self::ready_frame(sess) {
                 Some(m) => Ok(m),
                 None => {
                     self.flush(sess).await?;
@@ -806,20 +812,18 @@ impl Connector {
         let mut last_frame = Instant::now();
         let silence = self.cfg.ping_interval * 3;
         let result = loop {
-            if !sess.pending.is_empty() {
-                if let Some(m) = sess.ws.next().now_or_never() {
-                    if let Err(e) = self
-                        .live_frame(sess, m, &sub, epoch, &mut emitted, &mut got_eose)
-                        .await
-                    {
-                        break Err(e);
-                    }
-                    last_frame = Instant::now();
-                    continue;
-                }
-                if let Err(e) = self.flush(sess).await {
+            if let Some(m) = Self::ready_frame(sess) {
+                if let Err(e) = self
+                    .live_frame(sess, m, &sub, epoch, &mut emitted, &mut got_eose)
+                    .await
+                {
                     break Err(e);
                 }
+                last_frame = Instant::now();
+                continue;
+            }
+            if let Err(e) = self.flush(sess).await {
+                break Err(e);
             }
             let next = tokio::select! {
                 _ = self.stop.changed() => break Err(Fail::Stop),
