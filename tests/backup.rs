@@ -14,36 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-fn write_config(dir: &Path, name: &str, db: &str) -> PathBuf {
-    let path = dir.join(name);
-    let text = format!(
-        r#"
-[database]
-url = "{db}"
-pool_size = 4
-
-[sync]
-allow_local = true
-limit = 500
-
-[sync.timeouts.clearnet]
-connect = 3.0
-idle = 3.0
-relay = 300.0
-
-[pipeline]
-verify_threads = 2
-pin_cores = false
-
-[batch]
-max_rows = 2000
-max_age_ms = 50
-"#
-    );
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
 fn bigbrotr(cfg: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_bigbrotr"))
         .arg("--config")
@@ -149,7 +119,7 @@ async fn backup_restore_into_a_fresh_database_and_resume_from_the_restored_curso
     let url = relay.url();
     let (src, src_url) = test_db().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let src_cfg = write_config(dir.path(), "source.toml", &src_url);
+    let src_cfg = write_config_file(dir.path(), "source.toml", &src_url, 50);
 
     ok(
         &bigbrotr(&src_cfg, &["sync", "--once", "--quiet", "--relay", &url]),
@@ -248,7 +218,7 @@ async fn backup_restore_into_a_fresh_database_and_resume_from_the_restored_curso
     for e in &new {
         relay.publish(e.clone());
     }
-    let dst_cfg = write_config(dir.path(), "restored.toml", &fresh_url);
+    let dst_cfg = write_config_file(dir.path(), "restored.toml", &fresh_url, 50);
     let report = ok(
         &bigbrotr(&dst_cfg, &["sync", "--once", "--quiet", "--relay", &url]),
         "sync on the restored archive",

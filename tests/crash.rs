@@ -11,36 +11,6 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-fn write_config(dir: &std::path::Path, db: &str) -> std::path::PathBuf {
-    let path = dir.join("bigbrotr.toml");
-    let text = format!(
-        r#"
-[database]
-url = "{db}"
-pool_size = 4
-
-[sync]
-allow_local = true
-limit = 500
-
-[sync.timeouts.clearnet]
-connect = 3.0
-idle = 3.0
-relay = 300.0
-
-[pipeline]
-verify_threads = 2
-pin_cores = false
-
-[batch]
-max_rows = 2000
-max_age_ms = 100
-"#
-    );
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
 fn spawn_sync(cfg: &std::path::Path, relay: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_bigbrotr"))
         .args(["--config"])
@@ -99,7 +69,7 @@ async fn kill_9_and_restart_ends_with_the_same_archive() {
     let url = relay.url();
     let (pool, db) = test_db().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(dir.path(), &db);
+    let cfg = common::write_config_file(dir.path(), "bigbrotr.toml", &db, 100);
 
     let mut killed_mid_run = 0;
     for delay_ms in [300u64, 700, 1100, 1600] {
@@ -167,7 +137,7 @@ async fn sigterm_drains_and_exits_cleanly() {
     let url = relay.url();
     let (pool, db) = test_db().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(dir.path(), &db);
+    let cfg = common::write_config_file(dir.path(), "bigbrotr.toml", &db, 100);
 
     let child = spawn_sync(&cfg, &url);
     tokio::time::sleep(Duration::from_millis(800)).await;

@@ -38,6 +38,43 @@ pub fn config(url: &str) -> Config {
     c
 }
 
+/// Writes a configuration file `name` in `dir` for the `bigbrotr` binary: the archive at `db`,
+/// local relays, short timeouts, batches committed after `max_age_ms`.
+pub fn write_config_file(
+    dir: &std::path::Path,
+    name: &str,
+    db: &str,
+    max_age_ms: u64,
+) -> std::path::PathBuf {
+    let path = dir.join(name);
+    let text = format!(
+        r#"
+[database]
+url = "{db}"
+pool_size = 4
+
+[sync]
+allow_local = true
+limit = 500
+
+[sync.timeouts.clearnet]
+connect = 3.0
+idle = 3.0
+relay = 300.0
+
+[pipeline]
+verify_threads = 2
+pin_cores = false
+
+[batch]
+max_rows = 2000
+max_age_ms = {max_age_ms}
+"#
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
 /// Parses a relay URL allowing local addresses.
 pub fn relay_url(s: &str) -> bigbrotr::stages::model::RelayUrl {
     bigbrotr::stages::model::RelayUrl::parse(s, true).expect("relay url")
