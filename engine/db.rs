@@ -312,11 +312,14 @@ fn mask_key_value(s: &str) -> String {
         }
         // Value: quoted (with backslash escapes) or up to whitespace.
         let value_start = i;
+        let mut unterminated = false;
         if i < chars.len() && chars[i] == '\'' {
             i += 1;
             while i < chars.len() && chars[i] != '\'' {
                 i += if chars[i] == '\\' { 2 } else { 1 };
             }
+            // A quote left open swallows the rest of the string, a password included.
+            unterminated = i >= chars.len();
             i = (i + 1).min(chars.len());
         } else {
             while i < chars.len() && !chars[i].is_whitespace() {
@@ -324,7 +327,7 @@ fn mask_key_value(s: &str) -> String {
             }
             i = i.min(chars.len());
         }
-        if key.eq_ignore_ascii_case("password") {
+        if key.eq_ignore_ascii_case("password") || unterminated {
             out.push_str("***");
         } else {
             out.extend(&chars[value_start..i]);
@@ -384,5 +387,6 @@ mod tests {
         );
         assert_eq!(mask_password("host=/tmp port=5432"), "host=/tmp port=5432");
         assert_eq!(mask_password("password="), "password=***");
+        assert!(!mask_password("host='unterminated password=hunter2").contains("hunter2"));
     }
 }
