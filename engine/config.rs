@@ -163,9 +163,39 @@ pub struct Timeouts {
 #[serde(deny_unknown_fields, default)]
 pub struct NetworkTimeouts {
     /// Clearnet (and local) relays.
+    #[serde(deserialize_with = "clearnet_timeouts")]
     pub clearnet: Timeouts,
     /// Tor, I2P and Lokinet relays (through the proxy).
+    #[serde(deserialize_with = "tor_timeouts")]
     pub tor: Timeouts,
+}
+
+/// A `[sync.timeouts.<network>]` table as written: every key optional, because the two
+/// networks have different defaults and a table naming one key keeps the others' defaults.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PartialTimeouts {
+    connect: Option<f64>,
+    idle: Option<f64>,
+    relay: Option<f64>,
+}
+
+impl PartialTimeouts {
+    fn or(self, d: Timeouts) -> Timeouts {
+        Timeouts {
+            connect: self.connect.unwrap_or(d.connect),
+            idle: self.idle.unwrap_or(d.idle),
+            relay: self.relay.unwrap_or(d.relay),
+        }
+    }
+}
+
+fn clearnet_timeouts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Timeouts, D::Error> {
+    Ok(PartialTimeouts::deserialize(d)?.or(NetworkTimeouts::default().clearnet))
+}
+
+fn tor_timeouts<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Timeouts, D::Error> {
+    Ok(PartialTimeouts::deserialize(d)?.or(NetworkTimeouts::default().tor))
 }
 
 impl Default for NetworkTimeouts {
@@ -753,6 +783,44 @@ fn secs(v: f64) -> Duration {
     Duration::from_secs_f64(v.max(0.0))
 }
 
+/// Longest duration any key may give, in seconds (ten years): beyond it a deadline is no
+/// deadline, and `Instant + Duration` arithmetic downstream could overflow and panic.
+pub const MAX_SECONDS: f64 = 315_360_000.0;
+
+/// Whether a duration key may be 0.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Zero {
+    /// 0 has a meaning (never, no budget, no wait).
+    Allowed,
+    /// 0 would make every wait fail at once or loop without pause.
+    Refused,
+}
+
+/// Checks one duration key, in seconds: finite, not negative, at most [`MAX_SECONDS`], and
+/// positive when `zero` is refused. `Duration::from_secs_f64` panics on inf and NaN, so this
+/// runs at load rather than when the value is first used.
+fn check_seconds(file: &str, key: &str, v: f64, zero: Zero) -> anyhow::Result<()> {
+    let ok = v.is_finite() && v >= 0.0 && v <= MAX_SECONDS && (zero == Zero::Allowed || v > 0.0);
+    if !ok {
+        let low = match zero {
+            Zero::Allowed => "0",
+            Zero::Refused => "above 0",
+        };
+        bail!("{file}: key `{key}` must be a number of seconds from {low} to {MAX_SECONDS} (ten years), got {v}");
+    }
+    Ok(())
+}
+
+/// Reads a boolean environment variable: true/false/1/0 (any case). Anything else is an
+/// error naming the variable, so a typo does not silently mean "false".
+fn env_bool(name: &str, value: &str) -> anyhow::Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" => Ok(true),
+        "0" | "false" => Ok(false),
+        _ => bail!("environment variable {name}={value:?} must be true, false, 1 or 0"),
+    }
+}
+
 impl Config {
     /// Reads `path`, or `config/bigbrotr.toml` if present, or the defaults; then applies
     /// `BIGBROTR_*` environment overrides and validates.
@@ -821,7 +889,7 @@ impl Config {
             self.http.readonly_database_url = v;
         }
         if let Ok(v) = std::env::var("BIGBROTR_ALLOW_LOCAL") {
-            self.sync.allow_local = matches!(v.as_str(), "1" | "true" | "yes");
+            self.sync.allow_local = env_bool("BIGBROTR_ALLOW_LOCAL", &v)?;
         }
         if let Ok(v) = std::env::var("BIGBROTR_MONITOR_PRIVATE_KEY") {
             self.monitor.private_key = v;
@@ -835,6 +903,7 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> anyhow::Result<()> {
         let f = self.name();
+        self.validate_durations(&f)?;
         self.monitor.validate(&f)?;
         self.analytics.validate(&f)?;
         self.dvm.validate(&f)?;
@@ -968,6 +1037,73 @@ impl Config {
         Ok(())
     }
 
+    /// Every duration key (seconds as a float): finite, in range, positive where 0 would be
+    /// nonsense. The first bad one is named with its file.
+    fn validate_durations(&self, f: &str) -> anyhow::Result<()> {
+        use Zero::{Allowed, Refused};
+        let (s, fnd, m, a) = (&self.sync, &self.finder, &self.monitor, &self.analytics);
+        let mut keys: Vec<(String, f64, Zero)> = vec![
+            ("sync.interval".into(), s.interval, Allowed),
+            ("sync.live_checkpoint".into(), s.live_checkpoint, Allowed),
+            ("finder.http_timeout".into(), fnd.http_timeout, Refused),
+            (
+                "finder.validate_timeout".into(),
+                fnd.validate_timeout,
+                Refused,
+            ),
+            (
+                "finder.validate_timeout_tor".into(),
+                fnd.validate_timeout_tor,
+                Refused,
+            ),
+            ("finder.backoff".into(), fnd.backoff, Allowed),
+            ("finder.backoff_max".into(), fnd.backoff_max, Allowed),
+            ("finder.forget_after".into(), fnd.forget_after, Allowed),
+            ("finder.refresh".into(), fnd.refresh, Allowed),
+            ("finder.pause_max".into(), fnd.pause_max, Allowed),
+            ("monitor.interval".into(), m.interval, Refused),
+            (
+                "monitor.timeout_clearnet".into(),
+                m.timeout_clearnet,
+                Refused,
+            ),
+            ("monitor.timeout_tor".into(), m.timeout_tor, Refused),
+            ("analytics.interval".into(), a.interval, Refused),
+            (
+                "analytics.orphan_interval".into(),
+                a.orphan_interval,
+                Allowed,
+            ),
+            ("dvm.job_timeout".into(), self.dvm.job_timeout, Refused),
+        ];
+        for (net, t) in [("clearnet", &s.timeouts.clearnet), ("tor", &s.timeouts.tor)] {
+            let key = |k: &str| format!("sync.timeouts.{net}.{k}");
+            keys.push((key("connect"), t.connect, Refused));
+            keys.push((key("idle"), t.idle, Refused));
+            keys.push((key("relay"), t.relay, Allowed));
+        }
+        for (i, o) in s.overrides.iter().enumerate() {
+            let key = |k: &str| format!("sync.overrides[{i}].{k}");
+            let each = [
+                ("connect", o.connect, Refused),
+                ("idle", o.idle, Refused),
+                ("relay", o.relay, Allowed),
+            ];
+            for (k, v, zero) in each {
+                if let Some(v) = v {
+                    keys.push((key(k), v, zero));
+                }
+            }
+        }
+        for (i, h) in fnd.http.iter().enumerate() {
+            keys.push((format!("finder.http[{i}].cooldown"), h.cooldown, Allowed));
+        }
+        for (key, v, zero) in keys {
+            check_seconds(f, &key, v, zero)?;
+        }
+        Ok(())
+    }
+
     /// Verify pool settings.
     pub fn verify(&self) -> VerifyConfig {
         VerifyConfig {
@@ -1064,6 +1200,112 @@ mod tests {
         c.source = Some(PathBuf::from("y.toml"));
         let e = c.validate().expect_err("zero").to_string();
         assert!(e.contains("y.toml") && e.contains("sync.limit"), "{e}");
+    }
+
+    /// Parses and validates `text` as file x.toml, returning the error message.
+    fn load_error(text: &str) -> String {
+        let parsed = Config::parse(text, Path::new("x.toml")).and_then(|mut c| {
+            c.source = Some(PathBuf::from("x.toml"));
+            c.validate()
+        });
+        format!("{:#}", parsed.expect_err(text))
+    }
+
+    #[test]
+    fn non_finite_negative_and_huge_durations_are_refused_naming_the_key() {
+        let cases = [
+            (
+                "[sync.timeouts.clearnet]\nconnect = inf\n",
+                "sync.timeouts.clearnet.connect",
+            ),
+            (
+                "[sync.timeouts.tor]\nidle = nan\n",
+                "sync.timeouts.tor.idle",
+            ),
+            (
+                "[sync.timeouts.clearnet]\nrelay = -1.0\n",
+                "sync.timeouts.clearnet.relay",
+            ),
+            (
+                "[sync.timeouts.clearnet]\nconnect = 0\n",
+                "sync.timeouts.clearnet.connect",
+            ),
+            ("[sync]\ninterval = 1e300\n", "sync.interval"),
+            ("[sync]\nlive_checkpoint = -inf\n", "sync.live_checkpoint"),
+            (
+                "[[sync.overrides]]\nurl = \"wss://a.example\"\nidle = inf\n",
+                "sync.overrides[0].idle",
+            ),
+            ("[finder]\nbackoff_max = 1e20\n", "finder.backoff_max"),
+            (
+                "[finder]\nvalidate_timeout = 0\n",
+                "finder.validate_timeout",
+            ),
+            (
+                "[[finder.http]]\nurl = \"https://x.example\"\ncooldown = nan\n",
+                "finder.http[0].cooldown",
+            ),
+            ("[monitor]\ntimeout_tor = nan\n", "monitor.timeout_tor"),
+            (
+                "[analytics]\norphan_interval = inf\n",
+                "analytics.orphan_interval",
+            ),
+            ("[dvm]\njob_timeout = 1e12\n", "dvm.job_timeout"),
+        ];
+        for (text, key) in cases {
+            let e = load_error(text);
+            assert!(
+                e.contains("x.toml") && e.contains(&format!("`{key}`")),
+                "{text}: {e}"
+            );
+            assert!(e.contains("seconds"), "{e}");
+        }
+        // The limits themselves are accepted: 0 where it means "none", ten years at most.
+        let ok = "[sync.timeouts.clearnet]\nrelay = 0\n[analytics]\norphan_interval = 0\n[finder]\nforget_after = 315360000\n";
+        let c = Config::parse(ok, Path::new("x.toml")).expect("parse");
+        c.validate().expect("edges are valid");
+    }
+
+    #[test]
+    fn a_partial_timeouts_table_keeps_the_other_defaults() {
+        let text = "[sync.timeouts.clearnet]\nidle = 7.5\n\n[sync.timeouts.tor]\nrelay = 10\n";
+        let c = Config::parse(text, Path::new("x.toml")).expect("a partial table parses");
+        c.validate().expect("valid");
+        let d = NetworkTimeouts::default();
+        let (cl, tor) = (&c.sync.timeouts.clearnet, &c.sync.timeouts.tor);
+        assert_eq!(
+            (cl.connect, cl.idle, cl.relay),
+            (d.clearnet.connect, 7.5, d.clearnet.relay)
+        );
+        assert_eq!(
+            (tor.connect, tor.idle, tor.relay),
+            (d.tor.connect, d.tor.idle, 10.0)
+        );
+        // An unknown key in such a table is still an error naming it.
+        let e = Config::parse("[sync.timeouts.tor]\nconect = 1\n", Path::new("x.toml"))
+            .expect_err("typo");
+        assert!(e.to_string().contains("conect"), "{e}");
+    }
+
+    #[test]
+    fn boolean_environment_values_are_strict() {
+        for (v, want) in [
+            ("1", true),
+            ("true", true),
+            ("TRUE", true),
+            (" True ", true),
+        ] {
+            assert_eq!(env_bool("BIGBROTR_ALLOW_LOCAL", v).expect(v), want);
+        }
+        for (v, want) in [("0", false), ("false", false), ("False", false)] {
+            assert_eq!(env_bool("BIGBROTR_ALLOW_LOCAL", v).expect(v), want);
+        }
+        for v in ["maybe", "yes", "", "2", "on"] {
+            let e = env_bool("BIGBROTR_ALLOW_LOCAL", v)
+                .expect_err(v)
+                .to_string();
+            assert!(e.contains("BIGBROTR_ALLOW_LOCAL"), "{e}");
+        }
     }
 
     #[test]

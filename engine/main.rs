@@ -243,6 +243,16 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             eprintln!("wrote {} events to {}", evs.len(), out.display());
             return Ok(());
         }
+        // An empty range would sync nothing and move no cursor: refuse it before any work.
+        Cmd::Sync {
+            since: Some(since),
+            until: Some(until),
+            ..
+        } if since > until => {
+            anyhow::bail!(
+                "--since {since} is after --until {until}: the range is empty (since must be <= until)"
+            );
+        }
         _ => {}
     }
     let cfg = Config::load(cli.config.as_deref())?;
