@@ -163,8 +163,9 @@ fn events_sent(relay: &TestRelay) -> u64 {
 
 /// 16 garbage frames per REQ (the 16 variants of testrelay::garbage, each once), interleaved
 /// with 2,000 valid events. Classified by the connector as:
-///   malformed  11 (not JSON, truncated, object, ["EVENT"], ["EVENT",sub], string created_at,
-///                  missing fields, event not an object, 1000-deep array, null, [42,sub])
+///   malformed  10 (not JSON, truncated, object, ["EVENT"], ["EVENT",sub], string created_at,
+///                  missing fields, event not an object, null, [42,sub])
+///   too_deep    1 (1000-deep array, refused before parsing)
 ///   bad_hex     3 (non-hex id, 3-char sig, 62-char id)
 ///   bad_number  1 (kind 70000)
 ///   bad_tags    1 (tag with a number)
@@ -198,10 +199,11 @@ async fn garbage_frames_are_counted_by_reason_and_never_archived() {
     assert_eq!(
         r.rejections,
         vec![
-            ("malformed", 11 * n),
+            ("malformed", 10 * n),
             ("bad_hex", 3 * n),
             ("bad_tags", n),
             ("bad_number", n),
+            ("too_deep", n),
         ],
         "16 garbage frames per REQ, by reason"
     );

@@ -71,6 +71,7 @@ fn follow<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
 
 /// Reads the relay URLs at `json_path` of a JSON document.
 pub fn parse_list(body: &[u8], json_path: &str) -> Result<ParsedList, ListError> {
+    crate::model::json::check_depth(body).map_err(|e| ListError::NotJson(e.to_string()))?;
     let v: Value = serde_json::from_slice(body).map_err(|e| ListError::NotJson(e.to_string()))?;
     let target =
         follow(&v, json_path.trim()).ok_or_else(|| ListError::PathNotFound(json_path.into()))?;

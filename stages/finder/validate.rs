@@ -53,6 +53,9 @@ pub async fn validate(
                 }
                 Some(Ok(_)) => continue,
             };
+            if crate::model::json::check_depth(data).is_err() {
+                return Err("relay sent JSON nested too deep".to_string());
+            }
             buf.clear();
             buf.extend_from_slice(data);
             let Ok(v) = simd_json::to_borrowed_value(&mut buf) else {

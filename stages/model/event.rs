@@ -182,6 +182,7 @@ impl Event {
     /// Parses a standalone event JSON object (used by tests and tools; the connector parses
     /// whole relay messages instead).
     pub fn parse_json(json: &[u8]) -> Result<Event, ParseError> {
+        super::json::check_depth(json).map_err(|_| ParseError::Malformed)?;
         let mut buf = json.to_vec();
         let v = simd_json::to_borrowed_value(&mut buf).map_err(|_| ParseError::Malformed)?;
         let r = EventRef::from_value(&v)?;

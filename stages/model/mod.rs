@@ -3,6 +3,7 @@
 
 pub mod canonical;
 pub mod event;
+pub mod json;
 pub mod progress;
 pub mod relay;
 pub mod stats;

@@ -23,11 +23,13 @@ pub enum Reason {
     OutOfRange,
     /// An EVENT for a subscription we did not open.
     Unrequested,
+    /// JSON nested deeper than [`super::json::MAX_DEPTH`]: refused before parsing.
+    TooDeep,
 }
 
 impl Reason {
     /// Every reason, in counter order.
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::Malformed,
         Reason::BadHex,
         Reason::BadTags,
@@ -37,6 +39,7 @@ impl Reason {
         Reason::Oversized,
         Reason::OutOfRange,
         Reason::Unrequested,
+        Reason::TooDeep,
     ];
 
     /// Stable snake_case name used in logs and metrics.
@@ -51,6 +54,7 @@ impl Reason {
             Reason::Oversized => "oversized",
             Reason::OutOfRange => "out_of_range",
             Reason::Unrequested => "unrequested",
+            Reason::TooDeep => "too_deep",
         }
     }
 

@@ -160,6 +160,9 @@ async fn next_array(ws: &mut Ws, deadline: Instant) -> Result<Vec<Value>, String
             Message::Close(_) => return Err("relay closed the connection".into()),
             _ => continue,
         };
+        if crate::model::json::check_depth(text.as_bytes()).is_err() {
+            continue;
+        }
         if let Ok(Value::Array(a)) = serde_json::from_str::<Value>(text) {
             return Ok(a);
         }

@@ -238,6 +238,7 @@ fn interpret(
 /// error saying why, never a panic.
 pub fn parse_document(body: &[u8]) -> Result<Value, String> {
     let body = body.strip_prefix(b"\xef\xbb\xbf").unwrap_or(body);
+    crate::model::json::check_depth(body).map_err(|e| note(&format!("not JSON: {e}")))?;
     let v: Value = serde_json::from_slice(body).map_err(|e| note(&format!("not JSON: {e}")))?;
     let kind = match &v {
         Value::Object(_) => None,

@@ -110,6 +110,9 @@ pub async fn send_one(
             Ok(Some(Ok(m))) => m,
         };
         let Message::Text(t) = msg else { continue };
+        if crate::model::json::check_depth(t.as_bytes()).is_err() {
+            continue;
+        }
         let Ok(Value::Array(a)) = serde_json::from_str::<Value>(t.as_str()) else {
             continue;
         };
