@@ -51,6 +51,18 @@ pub struct Behavior {
     pub closed_times: usize,
     /// Sends a NOTICE before each reply.
     pub notice_on_req: bool,
+    /// Per REQ, sends one frame holding a JSON array nested this many levels deep (a stack
+    /// overflow for a parser that recurses without a bound) before the reply.
+    pub deep_frame: Option<usize>,
+    /// Answers every REQ that has an `until` with an endless stream of EVENT frames dated
+    /// after it (no EOSE): the request never makes progress.
+    pub flood_newer: bool,
+    /// Sends a WebSocket ping this often, whatever else it does (with `hang_after: Some(0)`,
+    /// a relay that answers nothing but keeps the socket busy).
+    pub ping_every: Option<Duration>,
+    /// After the first REQ, never reads or writes again and keeps the socket open: the
+    /// client's sends and its close handshake find nobody reading.
+    pub stop_reading: bool,
 }
 
 /// Counters the tests assert on.
@@ -398,6 +410,8 @@ struct Sub {
 enum Stop {
     /// Close the TCP connection now (disconnect_after).
     Disconnect,
+    /// Keep the socket open but never touch it again (stop_reading).
+    Hold,
     /// Socket error or peer gone.
     Gone,
 }
@@ -545,6 +559,18 @@ impl Conn {
                 return self.frame(r).await;
             }
         };
+        if b.stop_reading {
+            return Err(Stop::Hold);
+        }
+        if let Some(depth) = b.deep_frame {
+            self.frame(format!("{}{}", "[".repeat(depth), "]".repeat(depth)))
+                .await?;
+        }
+        if b.flood_newer {
+            if let Some(u) = filters.iter().filter_map(|f| f.until).max() {
+                return self.flood_newer(&sub_json, u).await;
+            }
+        }
         let (events, snapshot) = {
             let store = self.shared.read_store();
             (build_reply(&store, &filters, &b), store.seq)
@@ -602,6 +628,36 @@ impl Conn {
         Ok(())
     }
 
+    /// EVENT frames dated after `until`, without end (until the client goes away or the relay
+    /// stops): stored events newer than `until` in turn, or a fake one when there are none.
+    async fn flood_newer(&mut self, sub_json: &str, until: i64) -> Result<(), Stop> {
+        let newer: Vec<Arc<GenEvent>> = {
+            let store = self.shared.read_store();
+            store.events[..store.upper(Some(until))].to_vec()
+        };
+        let prefix = format!(r#"["EVENT",{sub_json},"#);
+        let fake = format!(
+            "{prefix}{}]",
+            fake_event(
+                &format!("\"{FAKE_ID}\""),
+                &(until + 1000).to_string(),
+                "1",
+                "[]",
+                &format!("\"{FAKE_SIG}\"")
+            )
+        );
+        for i in 0usize.. {
+            match newer.get(i % newer.len().max(1)) {
+                Some(ev) => self.event(&prefix, ev).await?,
+                None => self.frame(fake.clone()).await?,
+            }
+            if i % 4096 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        Ok(())
+    }
+
     async fn handle_live(&mut self, live: Live) -> Result<(), Stop> {
         let targets: Vec<String> = self
             .subs
@@ -620,9 +676,18 @@ impl Conn {
         shutdown: &mut watch::Receiver<bool>,
         live: &mut broadcast::Receiver<Live>,
     ) -> Stop {
+        let period = self.shared.behavior.ping_every;
+        let mut ping = tokio::time::interval(period.unwrap_or(Duration::from_secs(3600)));
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let res = tokio::select! {
                 _ = shutdown.changed() => return Stop::Gone,
+                _ = ping.tick(), if period.is_some() => {
+                    match self.ws.send(Message::Ping(Vec::new().into())).await {
+                        Ok(()) => Ok(()),
+                        Err(_) => Err(Stop::Gone),
+                    }
+                }
                 msg = self.ws.next() => match msg {
                     Some(Ok(Message::Text(t))) => self.handle_text(t.as_str()).await,
                     // Pongs and close replies are queued by tungstenite; flushing sends them.
@@ -675,10 +740,17 @@ async fn handle_conn(tcp: TcpStream, shared: Arc<Shared>, mut shutdown: watch::R
         unflushed: 0,
         subs: HashMap::new(),
     };
-    if let Stop::Disconnect = conn.run(&mut shutdown, &mut live).await {
-        let _ = conn.ws.flush().await;
-        // FIN without a WebSocket close frame: the client sees the stream end mid-subscription.
-        let _ = conn.ws.get_mut().shutdown().await;
+    match conn.run(&mut shutdown, &mut live).await {
+        Stop::Disconnect => {
+            let _ = conn.ws.flush().await;
+            // FIN without a WebSocket close frame: the client sees the stream end mid-subscription.
+            let _ = conn.ws.get_mut().shutdown().await;
+        }
+        Stop::Hold => {
+            // The socket stays open and unread until the relay stops.
+            let _ = shutdown.changed().await;
+        }
+        Stop::Gone => {}
     }
 }
 

@@ -11,7 +11,8 @@ pub mod message;
 pub mod transport;
 
 use crate::model::{
-    now_secs, progress::Pending, stats::inc, CursorState, RawEvent, Reason, Relay, Ticket, CHUNK,
+    json, now_secs, progress::Pending, stats::inc, CursorState, RawEvent, Reason, Relay, Ticket,
+    CHUNK,
 };
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use message::RelayMsg;
@@ -23,6 +24,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 pub use transport::TransportConfig;
+
+/// Longest wait for a polite close: a relay that stopped reading gets no more.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How one relay is synced (the engine resolves per-network and per-relay overrides).
 #[derive(Debug, Clone)]
@@ -43,7 +47,8 @@ pub struct SyncConfig {
     pub connect_timeout: Duration,
     /// Longest silence while waiting for a reply before the relay is considered hung.
     pub idle_timeout: Duration,
-    /// Total budget for one run against this relay (None = unbounded).
+    /// Budget for the backfill of one run against this relay, enforced inside the connection
+    /// (None = unbounded). The live phase that follows has no end by design.
     pub relay_timeout: Option<Duration>,
     /// Frames larger than this are rejected as oversized (the connection stays up).
     pub max_event_bytes: usize,
@@ -55,7 +60,10 @@ pub struct SyncConfig {
     pub max_failures: u32,
     /// In live mode, how often the cursor is checkpointed.
     pub live_checkpoint: Duration,
-    /// In live mode, how far behind "now" a checkpoint stays (late events, clock skew).
+    /// How late an event may reach a relay and still be archived by the next pass or the live
+    /// subscription: a walk to "now" claims at most `now - live_lag` in the cursor, live
+    /// checkpoints stay this far behind, and the live subscription starts this far below the
+    /// walk's top (the overlap is absorbed by the seen-id gate and the database).
     pub live_lag: i64,
     /// Keep-alive ping period in live mode.
     pub ping_interval: Duration,
@@ -102,6 +110,11 @@ pub enum Outcome {
 enum Fail {
     Io(String),
     Idle,
+    /// Frames kept coming but none of them moved the request forward (events outside the
+    /// asked range, pings, notices, events for other subscriptions).
+    NoProgress,
+    /// The backfill's `relay_timeout` passed.
+    Deadline,
     Closed(String),
     RateLimited(String),
     AuthRequired(String),
@@ -114,11 +127,16 @@ impl Fail {
         match self {
             Fail::Io(m) => format!("io: {m}"),
             Fail::Idle => "relay went silent (idle timeout)".into(),
+            Fail::NoProgress => {
+                "no progress within the idle timeout (only frames that do not answer the request)"
+                    .into()
+            }
             Fail::Closed(m) => format!("CLOSED: {m}"),
             Fail::RateLimited(m) => format!("CLOSED: {m}"),
             Fail::AuthRequired(m) => format!("CLOSED: {m}"),
             Fail::Unsyncable(m) => m.clone(),
             Fail::Stop => "stopped".into(),
+            Fail::Deadline => "relay timeout".into(),
         }
     }
 }
@@ -168,6 +186,15 @@ pub struct Connector {
     out: flume::Sender<Vec<RawEvent>>,
     cursor_tx: flume::Sender<Relay>,
     stop: watch::Receiver<bool>,
+    /// The highest `synced_until` claimed so far (persisted or passed to the progress tracker):
+    /// claims never move below it.
+    claimed: Option<i64>,
+    /// The most a walk to "now" may claim: its top minus `live_lag`, so an event that reaches
+    /// the relay late, dated inside the walked range's top, is still fetched by the next pass
+    /// or by the live subscription.
+    claim_cap: Option<i64>,
+    /// When the backfill must be over (`relay_timeout`), checked inside the connection.
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl Connector {
@@ -186,6 +213,9 @@ impl Connector {
             out,
             cursor_tx,
             stop,
+            claimed: None,
+            claim_cap: None,
+            deadline: None,
         }
     }
 
@@ -220,6 +250,42 @@ impl Connector {
         }
     }
 
+    /// The part of a walk position that may be persisted: nothing above `claim_cap`, never
+    /// below what was already claimed.
+    fn claimable(&mut self, pos: CursorState) -> CursorState {
+        let Some(cap) = self.claim_cap else {
+            return pos;
+        };
+        let synced_until = pos.synced_until.map(|s| s.min(cap)).max(self.claimed);
+        let pending = pos.pending.and_then(|p| {
+            // (until, end] is archived; only (until, cap] of it may be claimed.
+            (p.until < cap.min(p.end)).then_some(Pending {
+                end: p.end.min(cap),
+                until: p.until,
+            })
+        });
+        self.claimed = synced_until;
+        CursorState {
+            synced_until,
+            pending,
+        }
+    }
+
+    /// Sends a frame within the idle timeout: a relay that stops reading cannot hold the
+    /// connector on a full socket.
+    async fn send_within(&self, sess: &mut Session, msg: Message) -> Result<(), Fail> {
+        match tokio::time::timeout(self.cfg.idle_timeout, sess.ws.send(msg)).await {
+            Ok(r) => r.map_err(|e| Fail::Io(e.to_string())),
+            Err(_) => Err(Fail::Io("send timed out (relay stopped reading)".into())),
+        }
+    }
+
+    /// Closes politely, but never waits long for a relay that stopped reading.
+    async fn close_within(&self, sess: &mut Session) {
+        let d = self.cfg.idle_timeout.min(CLOSE_TIMEOUT);
+        let _ = tokio::time::timeout(d, sess.ws.close(None)).await;
+    }
+
     fn lo(&self, pos: &CursorState) -> i64 {
         match pos.synced_until {
             Some(s) => self.cfg.floor.max(s.saturating_add(1)),
@@ -235,6 +301,11 @@ impl Connector {
         } else {
             CursorState::default()
         };
+        self.claimed = pos.synced_until;
+        self.deadline = self
+            .cfg
+            .relay_timeout
+            .map(|t| tokio::time::Instant::now() + t);
         let mut failures = 0u32;
         let mut limit = self.cfg.limit.max(1);
         loop {
@@ -281,12 +352,19 @@ impl Connector {
                 .await;
             match res {
                 Ok(()) => {
-                    let _ = sess.ws.close(None).await;
+                    self.close_within(&mut sess).await;
                     return Outcome::Synced;
                 }
                 Err(Fail::Stop) => {
-                    let _ = sess.ws.close(None).await;
+                    self.close_within(&mut sess).await;
                     return Outcome::Cancelled;
+                }
+                Err(Fail::Deadline) => {
+                    self.close_within(&mut sess).await;
+                    return Outcome::GaveUp(format!(
+                        "relay timeout {:?}",
+                        self.cfg.relay_timeout.unwrap_or_default()
+                    ));
                 }
                 Err(Fail::AuthRequired(m)) => {
                     return Outcome::GaveUp(format!("auth-required: {m}"))
@@ -329,6 +407,12 @@ impl Connector {
                             return self.live(sess, pos).await;
                         }
                         return Ok(());
+                    }
+                    if self.cfg.until.is_none() {
+                        self.claim_cap = Some(
+                            end.saturating_sub(self.cfg.live_lag.max(0))
+                                .max(self.claimed.unwrap_or(i64::MIN)),
+                        );
                     }
                     (lo, end, end)
                 }
@@ -415,20 +499,23 @@ impl Connector {
                 };
                 if next_u < lo {
                     *pos = done;
-                    self.close_window(w.epoch, w.emitted, Some(*pos));
+                    let after = self.claimable(*pos);
+                    self.close_window(w.epoch, w.emitted, Some(after));
                     return Ok(());
                 }
                 *pos = CursorState {
                     synced_until: pos.synced_until,
                     pending: Some(Pending { end, until: next_u }),
                 };
-                self.close_window(w.epoch, w.emitted, Some(*pos));
+                let after = self.claimable(*pos);
+                self.close_window(w.epoch, w.emitted, Some(after));
                 u = next_u;
                 continue;
             }
             if w.emitted == 0 {
                 *pos = done;
-                self.close_window(w.epoch, w.emitted, Some(*pos));
+                let after = self.claimable(*pos);
+                self.close_window(w.epoch, w.emitted, Some(after));
                 return Ok(());
             }
             // A short reply with new events: either the window is exhausted or the relay
@@ -444,7 +531,8 @@ impl Connector {
                 synced_until: pos.synced_until,
                 pending: Some(Pending { end, until: oldest }),
             };
-            self.close_window(w.epoch, w.emitted, Some(*pos));
+            let after = self.claimable(*pos);
+            self.close_window(w.epoch, w.emitted, Some(after));
             u = oldest;
         }
     }
@@ -466,10 +554,7 @@ impl Connector {
     }
 
     async fn send(&self, sess: &mut Session, text: String) -> Result<(), Fail> {
-        sess.ws
-            .send(Message::Text(text.into()))
-            .await
-            .map_err(|e| Fail::Io(e.to_string()))
+        self.send_within(sess, Message::Text(text.into())).await
     }
 
     /// Reads one frame and turns it into an action; range checks use [lo, u] (None = live).
@@ -488,6 +573,10 @@ impl Connector {
             stats.reject(Reason::Oversized);
             w.total += 1;
             w.in_range += 1;
+            return Action::None;
+        }
+        if json::check_depth(data).is_err() {
+            stats.reject(Reason::TooDeep);
             return Action::None;
         }
         sess.buf.clear();
@@ -664,19 +753,22 @@ impl Connector {
         boundary: &HashSet<BKey>,
         w: &mut WindowResult,
     ) -> Result<(), Fail> {
+        let mut progress_by = tokio::time::Instant::now() + self.cfg.idle_timeout;
+        let mut last_progress = (0u64, 0usize);
         loop {
+            let wait_until = self.wait_limit(progress_by)?;
             let next = match Self::ready_frame(sess) {
                 Some(m) => Ok(m),
                 None => {
                     self.flush(sess).await?;
                     tokio::select! {
                         _ = self.stop.changed() => return Err(Fail::Stop),
-                        r = tokio::time::timeout(self.cfg.idle_timeout, sess.ws.next()) => r,
+                        r = tokio::time::timeout_at(wait_until, sess.ws.next()) => r,
                     }
                 }
             };
             let msg = match next {
-                Err(_) => return Err(Fail::Idle),
+                Err(_) => return Err(self.wait_failure(progress_by, w.total > 0)),
                 Ok(None) => return Err(Fail::Io("connection closed".into())),
                 Ok(Some(Err(e))) => {
                     if matches!(e, tokio_tungstenite::tungstenite::Error::Capacity(_)) {
@@ -703,6 +795,38 @@ impl Connector {
                 Action::Eose => return Ok(()),
                 Action::Closed(m) => return Err(Self::closed_fail(m)),
             }
+            // Only an answer to the request moves the idle clock: events in range (new or
+            // repeated at the boundary). Pings, notices and out-of-range events do not.
+            let now_progress = (w.emitted, w.in_range);
+            if now_progress != last_progress {
+                last_progress = now_progress;
+                progress_by = tokio::time::Instant::now() + self.cfg.idle_timeout;
+            }
+        }
+    }
+
+    /// The latest instant a wait may last: the progress deadline or the pass deadline,
+    /// whichever is first; an error once either has passed.
+    fn wait_limit(&self, progress_by: tokio::time::Instant) -> Result<tokio::time::Instant, Fail> {
+        let now = tokio::time::Instant::now();
+        if let Some(d) = self.deadline {
+            if now >= d {
+                return Err(Fail::Deadline);
+            }
+        }
+        if now >= progress_by {
+            return Err(Fail::NoProgress);
+        }
+        Ok(self.deadline.map_or(progress_by, |d| d.min(progress_by)))
+    }
+
+    /// Which limit a wait ran into.
+    fn wait_failure(&self, progress_by: tokio::time::Instant, got_frames: bool) -> Fail {
+        let now = tokio::time::Instant::now();
+        match self.deadline {
+            Some(d) if now >= d => Fail::Deadline,
+            _ if now >= progress_by && got_frames => Fail::NoProgress,
+            _ => Fail::Idle,
         }
     }
 
@@ -716,13 +840,16 @@ impl Connector {
             .await?;
         let mut newer = false;
         let mut within = false;
+        // One event and EOSE are asked for: the whole answer gets one idle period.
+        let answer_by = tokio::time::Instant::now() + self.cfg.idle_timeout;
         loop {
+            let wait_until = self.wait_limit(answer_by)?;
             let next = tokio::select! {
                 _ = self.stop.changed() => return Err(Fail::Stop),
-                r = tokio::time::timeout(self.cfg.idle_timeout, sess.ws.next()) => r,
+                r = tokio::time::timeout_at(wait_until, sess.ws.next()) => r,
             };
             let msg = match next {
-                Err(_) => return Err(Fail::Idle),
+                Err(_) => return Err(self.wait_failure(answer_by, false)),
                 Ok(None) => return Err(Fail::Io("connection closed".into())),
                 Ok(Some(Err(e))) => return Err(Fail::Io(e.to_string())),
                 Ok(Some(Ok(m))) => m,
@@ -733,6 +860,10 @@ impl Connector {
                 Message::Close(_) => return Err(Fail::Io("relay closed the connection".into())),
                 _ => continue,
             };
+            if json::check_depth(data).is_err() {
+                self.relay.stats.reject(Reason::TooDeep);
+                continue;
+            }
             sess.buf.clear();
             sess.buf.extend_from_slice(data);
             let Ok(v) = simd_json::to_borrowed_value_with_buffers(&mut sess.buf, &mut sess.buffers)
@@ -796,7 +927,12 @@ impl Connector {
     }
 
     async fn live(&mut self, sess: &mut Session, pos: &mut CursorState) -> Result<(), Fail> {
-        let since = self.lo(pos);
+        // Overlap the walk's top by `live_lag`: events dated there that reach the relay after
+        // the walk asked for them arrive on this subscription (repeats cost a seen-gate lookup).
+        let since = self
+            .cfg
+            .floor
+            .max(self.lo(pos).saturating_sub(self.cfg.live_lag.max(0)));
         sess.subs += 1;
         let sub = format!("bb{}", sess.subs);
         let req = self.req_json(&sub, since, None, None);
@@ -831,6 +967,7 @@ impl Connector {
                     let t = now_secs() - self.cfg.live_lag;
                     if got_eose && pos.synced_until.is_none_or(|s| t > s) && t >= since - 1 {
                         *pos = CursorState { synced_until: Some(t), pending: None };
+                        self.claimed = self.claimed.max(Some(t));
                         self.close_window(epoch, emitted, Some(*pos));
                         epoch = self.relay.progress.open();
                         emitted = 0;
@@ -841,8 +978,8 @@ impl Connector {
                     if last_frame.elapsed() > silence {
                         break Err(Fail::Idle);
                     }
-                    if let Err(e) = sess.ws.send(Message::Ping(Vec::new().into())).await {
-                        break Err(Fail::Io(e.to_string()));
+                    if let Err(e) = self.send_within(sess, Message::Ping(Vec::new().into())).await {
+                        break Err(e);
                     }
                     continue;
                 }
@@ -858,6 +995,11 @@ impl Connector {
         };
         let _ = self.flush(sess).await;
         self.close_window(epoch, emitted, None);
+        // After a disconnect, walk again from what was claimed, not from the walk's top: the
+        // live subscription covered the late arrivals below the top only while it was open.
+        if let (Some(s), Some(c)) = (pos.synced_until, self.claimed) {
+            pos.synced_until = Some(s.min(c));
+        }
         result
     }
 }
