@@ -38,6 +38,8 @@ pub struct Config {
     pub analytics: Analytics,
     /// The NIP-90 data vending machine answering job requests from the archive.
     pub dvm: Dvm,
+    /// How long a stop may take.
+    pub shutdown: Shutdown,
     /// The file this was read from (for error messages).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -638,6 +640,28 @@ impl Monitor {
     }
 }
 
+/// `[shutdown]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shutdown {
+    /// Seconds from the first SIGINT/SIGTERM to exit, whatever is still running: work not
+    /// committed by then is fetched again next time (no cursor ever claims it).
+    pub grace: f64,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Shutdown { grace: 5.0 }
+    }
+}
+
+impl Shutdown {
+    /// The grace period.
+    pub fn grace(&self) -> Duration {
+        secs(self.grace)
+    }
+}
+
 /// `[dvm]`: the NIP-90 data vending machine answering job requests from the archive.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1075,6 +1099,7 @@ impl Config {
                 Allowed,
             ),
             ("dvm.job_timeout".into(), self.dvm.job_timeout, Refused),
+            ("shutdown.grace".into(), self.shutdown.grace, Allowed),
         ];
         for (net, t) in [("clearnet", &s.timeouts.clearnet), ("tor", &s.timeouts.tor)] {
             let key = |k: &str| format!("sync.timeouts.{net}.{k}");

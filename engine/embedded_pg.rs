@@ -441,6 +441,13 @@ impl EmbeddedPg {
                 tracing::info!(port, "started PostgreSQL in {}", self.data_dir.display());
                 self.port = port;
                 self.stop_on_drop = true;
+                // An exit that skips drops (shutdown grace passed, second signal) still stops
+                // the server this process started.
+                let mut stop = self.command("pg_ctl", &self.stop_args());
+                stop.stdout(Stdio::null()).stderr(Stdio::null());
+                crate::sync::on_exit_now(move || {
+                    let _ = stop.status();
+                });
                 if auto {
                     let file = self.root.join(PORT_FILE);
                     fs::write(&file, format!("{port}\n"))

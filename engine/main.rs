@@ -297,7 +297,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             }
             bigbrotr::register_relays(&pool, &urls).await?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            sync::stop_on_signals(stop_tx);
+            sync::stop_on_signals(stop_tx, cfg.shutdown.grace());
             if once {
                 if urls.is_empty() {
                     bigbrotr::seed_if_empty(&cfg, &pool).await?;
@@ -350,7 +350,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let pool = archive.pool.clone();
             bigbrotr::seed_if_empty(&cfg, &pool).await?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            sync::stop_on_signals(stop_tx);
+            sync::stop_on_signals(stop_tx, cfg.shutdown.grace());
             let http = bigbrotr::http::Http::bind(&cfg, &archive.url, pool.clone()).await?;
             // The monitor runs beside the sync; what it learns reaches the connectors through
             // the registry (NIP-11 limits, reachability).
@@ -402,7 +402,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             bigbrotr::dvm::settings(&cfg)?;
             let archive = bigbrotr::open_database(&cfg).await?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            sync::stop_on_signals(stop_tx);
+            sync::stop_on_signals(stop_tx, cfg.shutdown.grace());
             bigbrotr::dvm::run_forever(&cfg, &archive.url, stop_rx).await?;
         }
         Cmd::Monitor { once } => {
@@ -410,7 +410,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             let pool = archive.pool.clone();
             bigbrotr::seed_if_empty(&cfg, &pool).await?;
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-            sync::stop_on_signals(stop_tx);
+            sync::stop_on_signals(stop_tx, cfg.shutdown.grace());
             if once {
                 let report = bigbrotr::monitor::run_once(&cfg, &pool, None, Some(stop_rx)).await?;
                 print!("{}", report.render());
@@ -443,7 +443,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => {
                     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-                    sync::stop_on_signals(stop_tx);
+                    sync::stop_on_signals(stop_tx, cfg.shutdown.grace());
                     if once {
                         bigbrotr::analytics::set_view_tail(&pool, a.view_tail).await?;
                         let r = bigbrotr::analytics::refresh_all(

@@ -192,7 +192,8 @@ impl Monitor {
     }
 
     /// Checks `relays` once, stores every result, publishes when configured. A `stop` signal
-    /// stops feeding new relays; checks already running finish and are stored.
+    /// stops feeding new relays and drops the queued ones; checks already running finish and
+    /// are stored.
     pub async fn pass(
         &self,
         pool: &Pool,
@@ -201,11 +202,15 @@ impl Monitor {
     ) -> anyhow::Result<PassReport> {
         let (in_tx, in_rx) = flume::bounded::<RelayUrl>(CHANNEL);
         let (out_tx, out_rx) = flume::bounded::<CheckResult>(CHANNEL);
+        let queued = in_rx.clone();
         let stage_task = tokio::spawn(stage::run(self.checker.clone(), in_rx, out_tx, self.par));
         let feeder = tokio::spawn(async move {
             let mut stop = stop;
             for r in relays {
                 if stop.as_ref().is_some_and(|s| *s.borrow()) {
+                    // Relays queued but not started are dropped too: a stop waits only for
+                    // the checks already running (each bounded by its timeouts).
+                    queued.drain();
                     break;
                 }
                 let sent = match stop.as_mut() {
@@ -216,6 +221,7 @@ impl Monitor {
                     None => in_tx.send_async(r).await.is_ok(),
                 };
                 if !sent {
+                    queued.drain();
                     break;
                 }
             }

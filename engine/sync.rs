@@ -169,21 +169,55 @@ fn report(relay: &Relay, outcome: Outcome) -> RelayReport {
     }
 }
 
-/// Turns SIGINT/SIGTERM into a pipeline stop; a second signal exits at once.
-pub fn stop_on_signals(stop: tokio::sync::watch::Sender<bool>) {
+/// Turns SIGINT/SIGTERM into a pipeline stop. The process then has `grace` to finish (drain
+/// the pipeline, commit, persist cursors); past it, or at a second signal, it exits at once.
+/// Exiting early is safe because a cursor never claims an uncommitted event: what was not
+/// committed is fetched again by the next run.
+pub fn stop_on_signals(stop: tokio::sync::watch::Sender<bool>, grace: std::time::Duration) {
     tokio::spawn(async move {
-        let mut n = 0;
-        loop {
-            wait_signal().await;
-            n += 1;
-            if n > 1 {
+        wait_signal().await;
+        eprintln!(
+            "stopping: draining the pipeline for at most {:.1} s (signal again to exit at once)",
+            grace.as_secs_f64()
+        );
+        let _ = stop.send(true);
+        tokio::select! {
+            _ = wait_signal() => {
                 eprintln!("second signal: exiting without draining");
-                std::process::exit(130);
+                exit_now(130);
             }
-            eprintln!("stopping: draining the pipeline (signal again to exit at once)");
-            let _ = stop.send(true);
+            _ = tokio::time::sleep(grace) => {
+                eprintln!(
+                    "shutdown grace of {:.1} s passed: exiting; work not committed yet is fetched again next run",
+                    grace.as_secs_f64()
+                );
+                exit_now(0);
+            }
         }
     });
+}
+
+type ExitHook = Box<dyn FnOnce() + Send>;
+
+/// What must run even when the process exits without unwinding (stopping a PostgreSQL
+/// cluster this process started).
+static EXIT_HOOKS: std::sync::Mutex<Vec<ExitHook>> = std::sync::Mutex::new(Vec::new());
+
+/// Registers `hook` to run if the process exits through [`exit_now`].
+pub fn on_exit_now(hook: impl FnOnce() + Send + 'static) {
+    EXIT_HOOKS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Box::new(hook));
+}
+
+/// Runs the exit hooks, then exits with `code` without waiting for any task.
+pub fn exit_now(code: i32) -> ! {
+    let hooks = std::mem::take(&mut *EXIT_HOOKS.lock().unwrap_or_else(|p| p.into_inner()));
+    for h in hooks {
+        h();
+    }
+    std::process::exit(code)
 }
 
 async fn wait_signal() {
