@@ -321,6 +321,20 @@ pub struct Http {
     pub statement_timeout_ms: u64,
     /// Connection string for the API; empty = the archive's server as role `bigbrotr_reader`.
     pub readonly_database_url: String,
+    /// Largest API page in bytes: a page is cut (`truncated`) before it grows past this,
+    /// except that one event larger than it is still returned alone.
+    pub max_response_bytes: usize,
+    /// HTTP connections served at once; more are closed at accept (clamped to a quarter of
+    /// the process's file-descriptor limit, so relay sockets always have room).
+    pub max_connections: usize,
+    /// Milliseconds a client has to send a whole request head (also the keep-alive idle
+    /// time between two requests); slower connections are closed.
+    pub header_timeout_ms: u64,
+    /// Milliseconds a connection may move no byte while no request is being handled
+    /// (a client that stops reading its answer, or sending its body) before it is closed.
+    pub idle_timeout_ms: u64,
+    /// Milliseconds a request may take from its head to its answer; past it, 503.
+    pub request_timeout_ms: u64,
 }
 
 impl Default for Http {
@@ -331,6 +345,11 @@ impl Default for Http {
             max_limit: 500,
             statement_timeout_ms: 5000,
             readonly_database_url: String::new(),
+            max_response_bytes: 4 << 20,
+            max_connections: 1024,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -1005,6 +1024,8 @@ impl Config {
         if self.http.max_limit == 0 {
             bail!("{f}: key `http.max_limit` must be at least 1");
         }
+        // The byte budget and the connection bounds (`config::Http::validate` in crate::http).
+        self.http.validate(&f)?;
         let fnd = &self.finder;
         let finder_checks: [(bool, &str, &str); 5] = [
             (

@@ -206,6 +206,14 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    // File descriptors: relay sockets and HTTP connections share them. Take the hard limit,
+    // and say what it is (http.max_connections is clamped to a quarter of it).
+    match bigbrotr::http::server::raise_nofile_limit() {
+        Ok((before, after, hard)) => {
+            tracing::info!(soft_before = before, soft = after, hard, "file-descriptor limit")
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot raise the file-descriptor limit"),
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

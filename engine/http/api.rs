@@ -4,6 +4,14 @@
 //! [`MAX_LIST`] items, and the API's connections carry a `statement_timeout` (an expired
 //! one is answered 503). Bad parameters are answered 400 with a JSON message naming the
 //! parameter, never 500. Pagination is by keyset: each page says where the next begins.
+//!
+//! Every page is bounded in bytes as well as rows (`http.max_response_bytes`): rows are read
+//! from PostgreSQL as a stream and serialised one at a time into the answer, which stops
+//! growing before it would pass the budget; such a page says `"truncated": true` and its
+//! cursor continues right after its last item. One item larger than the budget is still
+//! returned alone, so a page always makes progress. For events the database cuts too: it
+//! sums the stored sizes of the page's candidates and sends only the bodies that can fit,
+//! so neither side reads hundreds of megabytes to answer one request.
 
 use super::AppState;
 use crate::filter_sql::{
@@ -11,12 +19,15 @@ use crate::filter_sql::{
 };
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bb8_postgres::PostgresConnectionManager;
 use bigbrotr_stages::model::{Network, RelayUrl};
+use futures_util::TryStreamExt;
 use serde::Serialize;
+use serde_json::Value;
 use std::sync::Arc;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
@@ -215,6 +226,95 @@ async fn reader(s: &AppState) -> Result<Conn<'_>, ApiError> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Pages bounded in bytes
+// ---------------------------------------------------------------------------------------
+
+/// Bytes kept free in a page's budget for what follows its list (cursor, `truncated`).
+const TAIL_RESERVE: usize = 512;
+
+/// A JSON page written item by item within a byte budget: `{<lead fields>, "<list>": [
+/// items ], <tail fields>}`. The server holds at most the budget plus the item being added.
+pub struct PageWriter {
+    buf: Vec<u8>,
+    budget: usize,
+    items: usize,
+    truncated: bool,
+}
+
+impl PageWriter {
+    /// Starts a page: `lead` fields first, then the list named `list`.
+    pub fn new(lead: &[(&str, Value)], list: &str, budget: usize) -> Result<PageWriter, ApiError> {
+        let mut w = PageWriter {
+            buf: Vec::with_capacity(budget.min(64 << 10)),
+            budget,
+            items: 0,
+            truncated: false,
+        };
+        w.buf.push(b'{');
+        for (k, v) in lead {
+            w.field(k, v)?;
+            w.buf.push(b',');
+        }
+        write_json(&mut w.buf, list)?;
+        w.buf.extend_from_slice(b":[");
+        Ok(w)
+    }
+
+    /// Appends `item` unless the page would pass its budget; the first item is always taken.
+    /// False means the page is full: stop, and let the cursor continue before this item.
+    pub fn push<T: Serialize>(&mut self, item: &T) -> Result<bool, ApiError> {
+        let start = self.buf.len();
+        if self.items > 0 {
+            self.buf.push(b',');
+        }
+        write_json(&mut self.buf, item)?;
+        if self.items > 0 && self.buf.len() + TAIL_RESERVE > self.budget {
+            self.buf.truncate(start);
+            self.truncated = true;
+            return Ok(false);
+        }
+        self.items += 1;
+        Ok(true)
+    }
+
+    /// True once an item was refused for the budget.
+    pub fn truncated(&self) -> bool {
+        self.truncated
+    }
+
+    /// Closes the list, appends the `tail` fields and `"truncated"`, and answers 200 JSON.
+    pub fn finish(mut self, tail: &[(&str, Value)]) -> Result<Response, ApiError> {
+        self.buf.push(b']');
+        for (k, v) in tail {
+            self.buf.push(b',');
+            self.field(k, v)?;
+        }
+        self.buf.push(b',');
+        let truncated = Value::Bool(self.truncated);
+        self.field("truncated", &truncated)?;
+        self.buf.push(b'}');
+        Ok(([(CONTENT_TYPE, "application/json")], self.buf).into_response())
+    }
+
+    fn field(&mut self, k: &str, v: &Value) -> Result<(), ApiError> {
+        write_json(&mut self.buf, k)?;
+        self.buf.push(b':');
+        write_json(&mut self.buf, v)
+    }
+}
+
+fn write_json<T: Serialize + ?Sized>(buf: &mut Vec<u8>, v: &T) -> Result<(), ApiError> {
+    serde_json::to_writer(buf, v).map_err(|e| ApiError::internal("cannot serialise the answer", &e))
+}
+
+/// The `$n` parameters of a query, as `query_raw` takes them.
+fn raw_params(
+    params: &crate::filter_sql::SqlParams,
+) -> Vec<&(dyn tokio_postgres::types::ToSql + Sync)> {
+    crate::filter_sql::refs(params)
+}
+
+// ---------------------------------------------------------------------------------------
 // Parameters
 // ---------------------------------------------------------------------------------------
 
@@ -371,6 +471,8 @@ pub struct RelaysPage {
     pub relays: Vec<RelaySummary>,
     /// Pass as `after` for the next page; null on the last page.
     pub next: Option<String>,
+    /// True when the page was cut by `http.max_response_bytes` before `limit` relays.
+    pub truncated: bool,
 }
 
 /// Relays of the registry, by URL, with their newest health check.
@@ -381,13 +483,13 @@ pub struct RelaysPage {
         ("after" = Option<String>, Query, description = "Only URLs after this one (the `next` of the previous page)"),
     ),
     responses(
-        (status = 200, description = "A page of relays", body = RelaysPage),
+        (status = 200, description = "A page of relays, at most `http.max_response_bytes` (then `truncated`)", body = RelaysPage),
         (status = 400, description = "Bad parameter", body = ErrorBody),
         (status = 503, description = "Database unavailable or statement timeout", body = ErrorBody)))]
 pub async fn list_relays(
     State(s): State<Arc<AppState>>,
     RawQuery(q): RawQuery,
-) -> Result<Json<RelaysPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let p = Params::parse(q.as_deref())?;
     p.only(&["network", "limit", "after"])?;
     let network = match p.one("network")? {
@@ -406,7 +508,7 @@ pub async fn list_relays(
     let limit = parse_limit(p.one("limit")?, s.max_limit)?;
     let conn = reader(&s).await?;
     let rows = conn
-        .query(
+        .query_raw(
             "SELECT r.url, r.network, r.inserted_at, l.generated_at, l.openable, l.readable,
                     l.writable, l.rtt_open, l.rtt_read, l.rtt_write, l.name, l.software,
                     l.version, l.supported_nips
@@ -417,37 +519,46 @@ pub async fn list_relays(
                  SELECT * FROM relay_metadata_latest AS m WHERE m.relay_url = r.url
              ) AS l ON TRUE
              ORDER BY r.url",
-            &[&network, &after, &(limit + 1)],
+            [
+                &network as &(dyn tokio_postgres::types::ToSql + Sync),
+                &after,
+                &(limit + 1),
+            ],
         )
         .await?;
-    let mut relays = rows
-        .iter()
-        .map(|r| {
-            Ok(RelaySummary {
-                url: r.try_get(0)?,
-                network: r.try_get(1)?,
-                inserted_at: r.try_get(2)?,
-                checked_at: r.try_get(3)?,
-                openable: r.try_get(4)?,
-                readable: r.try_get(5)?,
-                writable: r.try_get(6)?,
-                rtt_open: r.try_get(7)?,
-                rtt_read: r.try_get(8)?,
-                rtt_write: r.try_get(9)?,
-                name: r.try_get(10)?,
-                software: r.try_get(11)?,
-                version: r.try_get(12)?,
-                supported_nips: r.try_get(13)?,
-            })
-        })
-        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
-    let next = if relays.len() as i64 > limit {
-        relays.truncate(limit as usize);
-        relays.last().map(|r| r.url.clone())
-    } else {
-        None
-    };
-    Ok(Json(RelaysPage { relays, next }))
+    let mut rows = std::pin::pin!(rows);
+    let mut page = PageWriter::new(&[], "relays", s.max_response_bytes)?;
+    let (mut taken, mut more, mut last) = (0i64, false, None::<String>);
+    while let Some(r) = rows.try_next().await? {
+        if taken == limit {
+            more = true;
+            break;
+        }
+        let relay = RelaySummary {
+            url: r.try_get(0)?,
+            network: r.try_get(1)?,
+            inserted_at: r.try_get(2)?,
+            checked_at: r.try_get(3)?,
+            openable: r.try_get(4)?,
+            readable: r.try_get(5)?,
+            writable: r.try_get(6)?,
+            rtt_open: r.try_get(7)?,
+            rtt_read: r.try_get(8)?,
+            rtt_write: r.try_get(9)?,
+            name: r.try_get(10)?,
+            software: r.try_get(11)?,
+            version: r.try_get(12)?,
+            supported_nips: r.try_get(13)?,
+        };
+        if !page.push(&relay)? {
+            more = true;
+            break;
+        }
+        taken += 1;
+        last = Some(relay.url);
+    }
+    let next = if more { last } else { None };
+    page.finish(&[("next", next.map_or(Value::Null, Value::String))])
 }
 
 /// The newest monitoring snapshot of a relay.
@@ -533,6 +644,8 @@ pub struct MetadataHistory {
     pub history: Vec<MetadataSnapshot>,
     /// Pass as `before` for the next page; null on the last page.
     pub next_before: Option<i64>,
+    /// True when the page was cut by `http.max_response_bytes` before `limit` snapshots.
+    pub truncated: bool,
 }
 
 /// Monitoring snapshots of a relay, newest first.
@@ -543,7 +656,7 @@ pub struct MetadataHistory {
         ("before" = Option<i64>, Query, description = "Only snapshots generated before this unix time (the `next_before` of the previous page)"),
     ),
     responses(
-        (status = 200, description = "A page of snapshots", body = MetadataHistory),
+        (status = 200, description = "A page of snapshots, at most `http.max_response_bytes` (then `truncated`)", body = MetadataHistory),
         (status = 400, description = "Bad parameter", body = ErrorBody),
         (status = 404, description = "Unknown relay", body = ErrorBody),
         (status = 503, description = "Database unavailable or statement timeout", body = ErrorBody)))]
@@ -551,7 +664,7 @@ pub async fn relay_metadata_history(
     State(s): State<Arc<AppState>>,
     url: Result<Path<String>, PathRejection>,
     RawQuery(q): RawQuery,
-) -> Result<Json<MetadataHistory>, ApiError> {
+) -> Result<Response, ApiError> {
     let p = Params::parse(q.as_deref())?;
     p.only(&["limit", "before"])?;
     let url = parse_relay(url)?;
@@ -561,32 +674,71 @@ pub async fn relay_metadata_history(
         .map(|v| parse_i64("before", v))
         .transpose()?;
     let conn = reader(&s).await?;
+    let budget = i64::try_from(s.max_response_bytes).unwrap_or(i64::MAX);
+    // The database sends only the documents whose stored sizes fit the budget (stored sizes
+    // may be compressed: the exact cut is made below, on the serialised bytes).
     let rows = conn
-        .query(
-            "SELECT m.generated_at, encode(m.nip11_id, 'hex'), encode(m.nip66_id, 'hex'),
-                    n11.raw, n66.raw
-             FROM relay_metadata AS m
-             LEFT JOIN nip11 AS n11 ON n11.id = m.nip11_id
-             LEFT JOIN nip66 AS n66 ON n66.id = m.nip66_id
-             WHERE m.relay_url = $1 AND ($2::bigint IS NULL OR m.generated_at < $2)
-             ORDER BY m.generated_at DESC
-             LIMIT $3",
-            &[&url, &before, &(limit + 1)],
+        .query_raw(
+            "WITH k AS (
+                 SELECT m.generated_at, m.nip11_id, m.nip66_id,
+                        coalesce(pg_column_size(n11.raw), 0)
+                          + coalesce(pg_column_size(n66.raw), 0) + 200 AS sz
+                 FROM relay_metadata AS m
+                 LEFT JOIN nip11 AS n11 ON n11.id = m.nip11_id
+                 LEFT JOIN nip66 AS n66 ON n66.id = m.nip66_id
+                 WHERE m.relay_url = $1 AND ($2::bigint IS NULL OR m.generated_at < $2)
+                 ORDER BY m.generated_at DESC
+                 LIMIT $3
+             ), w AS (
+                 SELECT *, sum(sz) OVER (ORDER BY generated_at DESC
+                                         ROWS UNBOUNDED PRECEDING) - sz AS before,
+                        count(*) OVER () AS found
+                 FROM k
+             )
+             SELECT w.generated_at, encode(w.nip11_id, 'hex'), encode(w.nip66_id, 'hex'),
+                    n11.raw, n66.raw, w.found
+             FROM w
+             LEFT JOIN nip11 AS n11 ON n11.id = w.nip11_id
+             LEFT JOIN nip66 AS n66 ON n66.id = w.nip66_id
+             WHERE w.before < $4
+             ORDER BY w.generated_at DESC",
+            [
+                &url as &(dyn tokio_postgres::types::ToSql + Sync),
+                &before,
+                &(limit + 1),
+                &budget,
+            ],
         )
         .await?;
-    let mut history = rows
-        .iter()
-        .map(|r| {
-            Ok(MetadataSnapshot {
-                generated_at: r.try_get(0)?,
-                nip11_id: r.try_get(1)?,
-                nip66_id: r.try_get(2)?,
-                nip11: r.try_get(3)?,
-                nip66: r.try_get(4)?,
-            })
-        })
-        .collect::<Result<Vec<_>, tokio_postgres::Error>>()?;
-    if history.is_empty() && before.is_none() {
+    // Boxed so it can be dropped before the next query on this connection: a live stream
+    // that is not read would hold the connection's answers back.
+    let mut rows = Box::pin(rows);
+    let mut page = PageWriter::new(
+        &[("relay_url", Value::String(url.clone()))],
+        "history",
+        s.max_response_bytes,
+    )?;
+    let (mut taken, mut found, mut last) = (0i64, 0i64, None::<i64>);
+    while let Some(r) = rows.try_next().await? {
+        found = r.try_get(5)?;
+        if taken == limit {
+            break;
+        }
+        let snap = MetadataSnapshot {
+            generated_at: r.try_get(0)?,
+            nip11_id: r.try_get(1)?,
+            nip66_id: r.try_get(2)?,
+            nip11: r.try_get(3)?,
+            nip66: r.try_get(4)?,
+        };
+        if !page.push(&snap)? {
+            break;
+        }
+        taken += 1;
+        last = Some(snap.generated_at);
+    }
+    drop(rows);
+    if found == 0 && before.is_none() {
         let known = conn
             .query_opt("SELECT 1 FROM relays WHERE url = $1", &[&url])
             .await?
@@ -597,17 +749,8 @@ pub async fn relay_metadata_history(
             )));
         }
     }
-    let next_before = if history.len() as i64 > limit {
-        history.truncate(limit as usize);
-        history.last().map(|h| h.generated_at)
-    } else {
-        None
-    };
-    Ok(Json(MetadataHistory {
-        relay_url: url,
-        history,
-        next_before,
-    }))
+    let next_before = if found > taken { last } else { None };
+    page.finish(&[("next_before", next_before.map_or(Value::Null, Value::from))])
 }
 
 // ---------------------------------------------------------------------------------------
@@ -715,12 +858,19 @@ impl EventFilter {
         Ok(f)
     }
 
-    /// The SQL and its parameters: newest first, `limit + 1` rows so the caller knows
-    /// whether another page follows.
-    fn query(&self) -> (String, SqlParams) {
+    /// The SQL and its parameters: newest first, at most `limit + 1` candidates (so the
+    /// caller knows whether another page follows), each row with `found`, the number of
+    /// candidates. Only the candidates whose stored sizes, summed in page order, start
+    /// within `budget` bytes are read and sent: their sizes (`octet_length` of a text reads
+    /// its TOAST header, not its bytes) estimate the serialised event, which the caller
+    /// measures exactly.
+    fn query(&self, budget: usize) -> (String, SqlParams) {
         let mut sql = String::from(
-            "SELECT e.id, e.pubkey, e.created_at, e.kind, e.tags::text, e.content, e.sig, e.raw_canonical
-             FROM events AS e WHERE TRUE",
+            "WITH k AS (
+                 SELECT e.id, e.created_at,
+                        coalesce(octet_length(e.raw_canonical),
+                                 octet_length(e.content) + octet_length(e.tags::text)) + 200 AS sz
+                 FROM events AS e WHERE TRUE",
         );
         let mut params = SqlParams::new();
 
@@ -745,8 +895,24 @@ impl EventFilter {
             sql.push_str(&format!(" AND (e.created_at, e.id) < (${a}, ${b})"));
         }
         let n = push_param(Box::new(self.limit + 1), &mut params);
+        let b = push_param(
+            Box::new(i64::try_from(budget).unwrap_or(i64::MAX)),
+            &mut params,
+        );
         sql.push_str(&format!(
-            " ORDER BY e.created_at DESC, e.id DESC LIMIT ${n}"
+            " ORDER BY e.created_at DESC, e.id DESC LIMIT ${n}
+             ), w AS (
+                 SELECT id, created_at,
+                        sum(sz) OVER (ORDER BY created_at DESC, id DESC
+                                      ROWS UNBOUNDED PRECEDING) - sz AS before,
+                        count(*) OVER () AS found
+                 FROM k
+             )
+             SELECT e.id, e.pubkey, e.created_at, e.kind, e.tags::text, e.content, e.sig,
+                    e.raw_canonical, w.found
+             FROM w JOIN events AS e ON e.id = w.id
+             WHERE w.before < ${b}
+             ORDER BY w.created_at DESC, w.id DESC"
         ));
         (sql, params)
     }
@@ -778,6 +944,9 @@ pub struct EventsPage {
     pub events: Vec<NostrEvent>,
     /// Pass as `cursor` (with the same filter) for the next page; null on the last page.
     pub cursor: Option<String>,
+    /// True when the page was cut by `http.max_response_bytes` before `limit` events (the
+    /// cursor continues after the last event returned).
+    pub truncated: bool,
 }
 
 /// Rebuilds the NIP-01 event of an `events` row (see [`stored_tags_and_content`]).
@@ -815,33 +984,40 @@ fn event_from_row(r: &tokio_postgres::Row) -> Result<NostrEvent, ApiError> {
         ("tag_t" = Option<String>, Query, description = "Events with a `t` tag whose first value is one of these"),
     ),
     responses(
-        (status = 200, description = "A page of events", body = EventsPage),
+        (status = 200, description = "A page of events: at most `limit` events and at most `http.max_response_bytes` bytes (default 4 MiB), except that an event larger than that comes alone; a page cut by bytes says `truncated` and its `cursor` continues", body = EventsPage),
         (status = 400, description = "Bad parameter", body = ErrorBody),
         (status = 503, description = "Database unavailable or statement timeout", body = ErrorBody)))]
 pub async fn events(
     State(s): State<Arc<AppState>>,
     RawQuery(q): RawQuery,
-) -> Result<Json<EventsPage>, ApiError> {
+) -> Result<Response, ApiError> {
     let p = Params::parse(q.as_deref())?;
     let f = EventFilter::from_params(&p, s.max_limit)?;
-    let (sql, params) = f.query();
-    let refs = crate::filter_sql::refs(&params);
+    let (sql, params) = f.query(s.max_response_bytes);
     let conn = reader(&s).await?;
-    let rows = conn.query(&sql, &refs).await?;
-    let more = rows.len() as i64 > f.limit;
-    let events = rows
-        .iter()
-        .take(f.limit as usize)
-        .map(event_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let cursor = if more {
-        events
-            .last()
-            .map(|e| encode_cursor(e.created_at, &hex::decode(&e.id).unwrap_or_default()))
-    } else {
-        None
+    let rows = conn.query_raw(&sql, raw_params(&params)).await?;
+    let mut rows = std::pin::pin!(rows);
+    let mut page = PageWriter::new(&[], "events", s.max_response_bytes)?;
+    let (mut taken, mut found) = (0i64, 0i64);
+    let mut last: Option<(i64, Vec<u8>)> = None;
+    while let Some(r) = rows.try_next().await? {
+        found = r.try_get(8)?;
+        if taken == f.limit {
+            break;
+        }
+        let event = event_from_row(&r)?;
+        if !page.push(&event)? {
+            break;
+        }
+        taken += 1;
+        last = Some((event.created_at, r.try_get(0)?));
+    }
+    // `found` counts the candidates (at most limit + 1): more than were sent means a next page.
+    let cursor = match last {
+        Some((ts, id)) if found > taken => Value::String(encode_cursor(ts, &id)),
+        _ => Value::Null,
     };
-    Ok(Json(EventsPage { events, cursor }))
+    page.finish(&[("cursor", cursor)])
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1158,8 +1334,8 @@ mod tests {
             encode_cursor(5, &[1; 32])
         ))
         .expect("valid");
-        let (sql, params) = f.query();
-        assert_eq!(params.len(), 10);
-        assert!(sql.contains("$10") && !sql.contains("$11"), "{sql}");
+        let (sql, params) = f.query(4 << 20);
+        assert_eq!(params.len(), 11);
+        assert!(sql.contains("$11") && !sql.contains("$12"), "{sql}");
     }
 }

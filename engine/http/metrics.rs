@@ -110,7 +110,8 @@ async fn registry_counts(pool: &Pool) -> anyhow::Result<Vec<RegistryCount>> {
 pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let pool = s.reader.as_ref().unwrap_or(&s.pool);
     let registry = s.registry.current(pool).await;
-    let body = render(&s.engine, registry.as_deref());
+    let mut body = render(&s.engine, registry.as_deref());
+    body.push_str(&render_connections(&s.conns));
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         body,
@@ -447,6 +448,57 @@ pub fn render(engine: &EngineState, registry: Option<&[RegistryCount]>) -> Strin
             );
         }
     }
+    e.out
+}
+
+/// The HTTP server's own connection counters (see [`super::server`]).
+pub fn render_connections(c: &super::server::ConnStats) -> String {
+    let mut e = Expo {
+        out: String::with_capacity(1024),
+    };
+    let load = |a: &AtomicU64| a.load(Relaxed);
+    e.single(
+        "bigbrotr_http_connections_open",
+        "gauge",
+        "HTTP connections being served (at most http.max_connections).",
+        load(&c.open),
+    );
+    e.single(
+        "bigbrotr_http_connections_accepted_total",
+        "counter",
+        "HTTP connections accepted and served.",
+        load(&c.accepted),
+    );
+    e.single(
+        "bigbrotr_http_connections_shed_total",
+        "counter",
+        "HTTP connections closed at accept because http.max_connections were open.",
+        load(&c.shed),
+    );
+    e.single(
+        "bigbrotr_http_accept_errors_total",
+        "counter",
+        "Failed accepts (EMFILE when file descriptors ran out, ...).",
+        load(&c.accept_errors),
+    );
+    e.single(
+        "bigbrotr_http_header_timeouts_total",
+        "counter",
+        "HTTP connections closed for a request head not sent in time (http.header_timeout_ms) or malformed.",
+        load(&c.header_timeouts),
+    );
+    e.single(
+        "bigbrotr_http_idle_closed_total",
+        "counter",
+        "HTTP connections closed after http.idle_timeout_ms without a byte moved.",
+        load(&c.idle_closed),
+    );
+    e.single(
+        "bigbrotr_http_request_timeouts_total",
+        "counter",
+        "HTTP requests answered 503 past http.request_timeout_ms.",
+        load(&c.request_timeouts),
+    );
     e.out
 }
 

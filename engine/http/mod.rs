@@ -5,10 +5,15 @@
 //! `bigbrotr_reader` (migration 007), every connection started with `statement_timeout` and
 //! `default_transaction_read_only`, so no request can write or run unbounded. Health,
 //! readiness and the registry counts in `/metrics` use the engine's pool.
+//!
+//! Everything a client can make the server hold is bounded (see [`server`]): connections,
+//! the time to send a request head, idle connections, a request's duration, and the bytes of
+//! an API page (`http.max_response_bytes`).
 
 pub mod api;
 pub mod health;
 pub mod metrics;
+pub mod server;
 
 use crate::config::{self, Config};
 use crate::db::Pool;
@@ -49,6 +54,52 @@ pub struct AppState {
     pub max_limit: i64,
     /// Registry counts for `/metrics`, refreshed at most once a minute.
     pub registry: metrics::RegistryCache,
+    /// Largest API page in bytes (`http.max_response_bytes`).
+    pub max_response_bytes: usize,
+    /// Connection counters of the server.
+    pub conns: Arc<server::ConnStats>,
+    /// The readiness probe: its own database connection and the relay watch.
+    pub ready: health::ReadyProbe,
+}
+
+impl config::Http {
+    /// Checks the `[http]` bounds that parse but make no sense (called by
+    /// `Config::validate`; `f` names the configuration file).
+    pub fn validate(&self, f: &str) -> anyhow::Result<()> {
+        let checks: [(bool, &str, &str); 5] = [
+            (
+                self.max_response_bytes >= 1024,
+                "max_response_bytes",
+                "must be at least 1024",
+            ),
+            (
+                self.max_connections >= 1,
+                "max_connections",
+                "must be at least 1",
+            ),
+            (
+                self.header_timeout_ms >= 1,
+                "header_timeout_ms",
+                "must be at least 1",
+            ),
+            (
+                self.idle_timeout_ms >= 1,
+                "idle_timeout_ms",
+                "must be at least 1",
+            ),
+            (
+                self.request_timeout_ms >= 1,
+                "request_timeout_ms",
+                "must be at least 1",
+            ),
+        ];
+        for (ok, key, why) in checks {
+            if !ok {
+                anyhow::bail!("{f}: key `http.{key}` {why}");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A bound, not yet serving, HTTP server: bind it before the pipeline starts (so a busy port
@@ -58,6 +109,10 @@ pub struct Http {
     pool: Pool,
     reader: Option<Pool>,
     max_limit: u32,
+    max_response_bytes: usize,
+    limits: server::Limits,
+    probe_config: Option<tokio_postgres::Config>,
+    live: bool,
 }
 
 impl Http {
@@ -76,11 +131,17 @@ impl Http {
         } else {
             None
         };
+        let nofile = server::nofile_limit();
+        let limits = server::Limits::new(http, nofile);
         Ok(Some(Http {
             listener,
             pool,
             reader,
             max_limit: http.max_limit,
+            max_response_bytes: http.max_response_bytes.max(1024),
+            limits,
+            probe_config: health::probe_config(archive_url),
+            live: cfg.sync.live,
         }))
     }
 
@@ -97,30 +158,34 @@ impl Http {
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let api = self.reader.is_some();
+        let conns = Arc::new(server::ConnStats::default());
         let state = Arc::new(AppState {
             engine,
             pool: self.pool,
             reader: self.reader,
             max_limit: i64::from(self.max_limit.max(1)),
             registry: metrics::RegistryCache::default(),
+            max_response_bytes: self.max_response_bytes,
+            conns: conns.clone(),
+            ready: health::ReadyProbe::new(self.probe_config, self.live),
         });
-        let app = router(state, api);
-        let (stop_tx, mut stop_rx) = watch::channel(false);
+        let app = router(state.clone(), api);
+        let (stop_tx, stop_rx) = watch::channel(false);
         let listener = self.listener;
-        tracing::info!(%addr, api, "HTTP server listening");
+        let limits = self.limits;
+        tracing::info!(
+            %addr,
+            api,
+            max_connections = limits.max_connections,
+            max_response_bytes = self.max_response_bytes,
+            "HTTP server listening"
+        );
         let task = tokio::spawn(async move {
-            let shutdown = async move {
-                // A dropped Server detaches: only an explicit shutdown stops serving.
-                if stop_rx.wait_for(|s| *s).await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-            {
-                tracing::warn!(error = %e, "HTTP server stopped");
-            }
+            // A dropped Server detaches: only an explicit shutdown stops serving (the accept
+            // loop and the relay watch both wait for a `true`, not for the sender's drop).
+            let watch_relays = health::watch_archiving(state, stop_rx.clone());
+            let serving = server::serve(listener, app, limits, conns, stop_rx);
+            tokio::join!(watch_relays, serving);
         });
         Server {
             addr,
