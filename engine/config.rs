@@ -156,7 +156,8 @@ pub struct Timeouts {
     pub connect: f64,
     /// Longest silence while waiting for a reply.
     pub idle: f64,
-    /// Total budget per relay for one `sync --once` pass (0 = unbounded).
+    /// Budget of one relay's backfill, held inside the connection (0 = unbounded); live
+    /// subscriptions after it have no end.
     pub relay: f64,
 }
 
@@ -1187,7 +1188,7 @@ impl Config {
             live: !once && self.sync.live,
             connect_timeout: secs(t.connect),
             idle_timeout: secs(t.idle),
-            relay_timeout: (once && t.relay > 0.0).then(|| secs(t.relay)),
+            relay_timeout: (t.relay > 0.0).then(|| secs(t.relay)),
             max_event_bytes: self.sync.max_event_bytes,
             max_failures: self.sync.max_failures,
             live_checkpoint: secs(self.sync.live_checkpoint.max(1.0)),
@@ -1212,7 +1213,7 @@ impl Config {
                     c.idle_timeout = secs(v);
                 }
                 if let Some(v) = o.relay {
-                    c.relay_timeout = (once && v > 0.0).then(|| secs(v));
+                    c.relay_timeout = (v > 0.0).then(|| secs(v));
                 }
             }
         }

@@ -1,7 +1,22 @@
 //! Relay-to-client messages (NIP-01, NIP-42, NIP-45) read from a simd-json value.
 
-use crate::model::{EventRef, ParseError};
+use crate::model::{json, EventRef, ParseError, Reason};
 use simd_json::BorrowedValue as Value;
+
+/// Parses one frame from a relay into `buf`: refused as [`Reason::TooDeep`] before parsing
+/// when nested deeper than [`json::MAX_DEPTH`] (simd-json recurses over the value), or
+/// [`Reason::Malformed`] when it is not JSON. The one entry point for relay frames, so no
+/// reader can forget the bound.
+pub fn decode<'a>(
+    data: &[u8],
+    buf: &'a mut Vec<u8>,
+    buffers: &mut simd_json::Buffers,
+) -> Result<Value<'a>, Reason> {
+    json::check_depth(data).map_err(|_| Reason::TooDeep)?;
+    buf.clear();
+    buf.extend_from_slice(data);
+    simd_json::to_borrowed_value_with_buffers(buf, buffers).map_err(|_| Reason::Malformed)
+}
 
 /// One message from a relay.
 #[derive(Debug)]

@@ -11,8 +11,7 @@ pub mod message;
 pub mod transport;
 
 use crate::model::{
-    json, now_secs, progress::Pending, stats::inc, CursorState, RawEvent, Reason, Relay, Ticket,
-    CHUNK,
+    now_secs, progress::Pending, stats::inc, CursorState, RawEvent, Reason, Relay, Ticket, CHUNK,
 };
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use message::RelayMsg;
@@ -404,6 +403,10 @@ impl Connector {
                     let lo = self.lo(pos);
                     if lo > end {
                         if self.cfg.live {
+                            // The pass deadline bounds the backfill; a live subscription has no
+                            // end, and the catch-up walks after a reconnect are bounded by the
+                            // idle and progress timeouts alone.
+                            self.deadline = None;
                             return self.live(sess, pos).await;
                         }
                         return Ok(());
@@ -575,16 +578,12 @@ impl Connector {
             w.in_range += 1;
             return Action::None;
         }
-        if json::check_depth(data).is_err() {
-            stats.reject(Reason::TooDeep);
-            return Action::None;
-        }
-        sess.buf.clear();
-        sess.buf.extend_from_slice(data);
-        let Ok(v) = simd_json::to_borrowed_value_with_buffers(&mut sess.buf, &mut sess.buffers)
-        else {
-            stats.reject(Reason::Malformed);
-            return Action::None;
+        let v = match message::decode(data, &mut sess.buf, &mut sess.buffers) {
+            Ok(v) => v,
+            Err(reason) => {
+                stats.reject(reason);
+                return Action::None;
+            }
         };
         let Some(msg) = message::parse(&v) else {
             stats.reject(Reason::Malformed);
@@ -860,15 +859,12 @@ impl Connector {
                 Message::Close(_) => return Err(Fail::Io("relay closed the connection".into())),
                 _ => continue,
             };
-            if json::check_depth(data).is_err() {
-                self.relay.stats.reject(Reason::TooDeep);
-                continue;
-            }
-            sess.buf.clear();
-            sess.buf.extend_from_slice(data);
-            let Ok(v) = simd_json::to_borrowed_value_with_buffers(&mut sess.buf, &mut sess.buffers)
-            else {
-                continue;
+            let v = match message::decode(data, &mut sess.buf, &mut sess.buffers) {
+                Ok(v) => v,
+                Err(reason) => {
+                    self.relay.stats.reject(reason);
+                    continue;
+                }
             };
             match message::parse(&v) {
                 Some(RelayMsg::Event(s, Ok(ev))) if s == sub => {

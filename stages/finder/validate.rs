@@ -4,7 +4,7 @@
 
 use crate::connect::message::{self, RelayMsg};
 use crate::connect::transport::{self, TransportConfig};
-use crate::model::RelayUrl;
+use crate::model::{Reason, RelayUrl};
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -38,6 +38,7 @@ pub async fn validate(
             .await
             .map_err(|e| format!("send: {e}"))?;
         let mut buf = Vec::new();
+        let mut buffers = simd_json::Buffers::default();
         for _ in 0..MAX_FRAMES {
             let left = deadline.saturating_duration_since(Instant::now());
             let next = tokio::time::timeout(left, ws.next())
@@ -53,13 +54,10 @@ pub async fn validate(
                 }
                 Some(Ok(_)) => continue,
             };
-            if crate::model::json::check_depth(data).is_err() {
-                return Err("relay sent JSON nested too deep".to_string());
-            }
-            buf.clear();
-            buf.extend_from_slice(data);
-            let Ok(v) = simd_json::to_borrowed_value(&mut buf) else {
-                continue;
+            let v = match message::decode(data, &mut buf, &mut buffers) {
+                Ok(v) => v,
+                Err(Reason::TooDeep) => return Err("relay sent JSON nested too deep".to_string()),
+                Err(_) => continue,
             };
             match message::parse(&v) {
                 Some(RelayMsg::Eose(s)) if s == SUB => return Ok(Validation::Readable),
