@@ -87,6 +87,7 @@ impl Limits {
 }
 
 /// The process's soft file-descriptor limit (RLIMIT_NOFILE), if it can be read and is finite.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every platform
 pub fn nofile_limit() -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -363,6 +364,7 @@ fn request_timeout_answer(limit: Duration) -> Response {
 
 /// Raises the process's soft RLIMIT_NOFILE to its hard limit, so many relay sockets and
 /// HTTP connections fit; returns (soft before, soft after, hard). Errors leave it as is.
+#[allow(clippy::unnecessary_cast)] // rlim_t is u64 on Linux, not on every platform
 pub fn raise_nofile_limit() -> io::Result<(u64, u64, u64)> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
