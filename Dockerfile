@@ -20,9 +20,23 @@ COPY benches benches
 RUN cargo build --release --locked --bin bigbrotr && strip target/release/bigbrotr
 
 FROM debian:bookworm-slim
+# PostgreSQL client tools for `bigbrotr backup` / `restore` inside the container: pg_dump must
+# be at least the server's major version, and docker-compose.yml runs PostgreSQL 17 while
+# bookworm ships 15, so they come from the PostgreSQL project's Debian repository (client
+# package only: pg_dump, pg_restore, psql and libpq, ~15 MB; gnupg is not needed with a
+# signed-by keyring file). Keep PG_MAJOR equal to the compose file's postgres image.
+ARG PG_MAJOR=17
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
+ && install -d /usr/share/postgresql-common/pgdg \
+ && curl -fsSL -o /usr/share/postgresql-common/pgdg/apt.postgresql.org.asc \
+      https://www.postgresql.org/media/keys/ACCC4CF8.asc \
+ && echo "deb [signed-by=/usr/share/postgresql-common/pgdg/apt.postgresql.org.asc] https://apt.postgresql.org/pub/repos/apt bookworm-pgdg main" \
+      > /etc/apt/sources.list.d/pgdg.list \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends "postgresql-client-${PG_MAJOR}" \
  && rm -rf /var/lib/apt/lists/* \
+ && test -x "/usr/lib/postgresql/${PG_MAJOR}/bin/pg_dump" \
  && useradd --system --uid 10001 --home-dir /var/lib/bigbrotr --create-home bigbrotr
 COPY --from=build /src/target/release/bigbrotr /usr/local/bin/bigbrotr
 COPY config/bigbrotr.toml /etc/bigbrotr/bigbrotr.toml

@@ -594,3 +594,38 @@ async fn postgres_init_script_gives_the_reader_role_a_password() {
     assert!(row.get::<_, bool>(0), "the reader can log in");
     assert!(row.get::<_, bool>(1), "the reader has a password");
 }
+
+/// `bigbrotr backup` runs pg_dump inside the container, and pg_dump must be at least the
+/// server's major version: the runtime stage installs the PostgreSQL client of the major the
+/// compose file's `postgres` image runs, and checks the binary is where `find_client_bin`
+/// looks (`/usr/lib/postgresql/<major>/bin`).
+#[test]
+fn the_runtime_image_ships_pg_dump_of_the_compose_servers_major() {
+    let stages = dockerfile_stages();
+    let runtime = stages.last().expect("runtime stage");
+    let major = find(runtime, "ARG")
+        .iter()
+        .find_map(|i| i.args.strip_prefix("PG_MAJOR=").map(str::to_string))
+        .expect("ARG PG_MAJOR=<n> in the runtime stage");
+    let c = compose();
+    let image = str_of(&service(&c, "postgres")["image"]).to_string();
+    let server_major = image
+        .split(':')
+        .nth(1)
+        .and_then(|tag| tag.split(['-', '.']).next())
+        .expect("postgres image tag names a major version");
+    assert_eq!(
+        major, server_major,
+        "client {major} for server image {image}"
+    );
+    let runs: Vec<&str> = find(runtime, "RUN")
+        .iter()
+        .map(|i| i.args.as_str())
+        .collect();
+    assert!(
+        runs.iter()
+            .any(|r| r.contains("postgresql-client-${PG_MAJOR}")
+                && r.contains("/usr/lib/postgresql/${PG_MAJOR}/bin/pg_dump")),
+        "{runs:?}"
+    );
+}
