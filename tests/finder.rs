@@ -46,8 +46,16 @@ fn hints_from_every_source_kind() {
         extract_vec(10002, &t, ""),
         vec!["wss://write.example", "wss://both.example"]
     );
-    // `r` tags of other kinds are web references, not relays.
-    assert!(extract_vec(1, &tags_json(&[&["r", "wss://x.example"]]), "").is_empty());
+    // Any tag value that is a ws(s) URL, whatever the kind and tag (BigBrotr parity): an
+    // `r` tag naming a relay in a note is a relay; an https reference is not.
+    assert_eq!(
+        extract_vec(
+            1,
+            &tags_json(&[&["r", "wss://x.example"], &["r", "https://web.example"]]),
+            ""
+        ),
+        vec!["wss://x.example"]
+    );
     // kind 3: `p` relay hints and the legacy relay map in the content.
     let t = tags_json(&[&["p", &pk, "wss://p.example"], &["p", &pk]]);
     let content = r#"{"wss://map1.example":{"read":true,"write":true},"wss://map2.example/":{"read":false,"write":true},"https://not.a.relay":{}}"#;
@@ -72,7 +80,12 @@ fn hints_from_every_source_kind() {
     ]);
     assert_eq!(
         extract_vec(1, &t, ""),
-        vec!["wss://e.example", "ws://a.example", "wss://q.example"]
+        vec![
+            "wss://e.example",
+            "ws://a.example",
+            "wss://q.example",
+            "wss://topic.example"
+        ]
     );
     // `relay` tags (kind 10050 DM relays, relay sets, auth events).
     let t = tags_json(&[
@@ -86,7 +99,7 @@ fn hints_from_every_source_kind() {
     // NIP-66 discovery events name their relay in `d`.
     let t = tags_json(&[&["d", "wss://monitored.example"]]);
     assert_eq!(extract_vec(30166, &t, ""), vec!["wss://monitored.example"]);
-    assert!(extract_vec(30023, &t, "").is_empty());
+    assert_eq!(extract_vec(30023, &t, ""), vec!["wss://monitored.example"]);
     // Tags with escapes still parse; mixed case schemes are kept for normalization later.
     let t = tags_json(&[&["t", "say \"hi\"\n"], &["e", &pk, "WSS://Upper.Example"]]);
     assert_eq!(extract_vec(1, &t, ""), vec!["WSS://Upper.Example"]);
@@ -342,6 +355,7 @@ async fn discovered_relays_are_validated_and_synced_without_restart() {
         "list_str",
         "archive",
         "seed",
+        "r_note",
     ];
     let mut hidden: HashMap<&str, (TestRelay, BTreeSet<String>)> = HashMap::new();
     for (i, n) in names.iter().enumerate() {
@@ -421,6 +435,14 @@ async fn discovered_relays_are_validated_and_synced_without_restart() {
             1,
             &tags(&[&["a", &a_coord, &url("a_hint")]]),
             "quote",
+        ),
+        // A relay named in a note's `r` tag (BigBrotr mines every tag value).
+        sign(
+            &key(1),
+            t - 95,
+            1,
+            &tags(&[&["r", &url("r_note")]]),
+            "try this relay",
         ),
     ];
     let hub = TestRelay::start(hinting.clone(), Behavior::default())

@@ -1,12 +1,11 @@
 //! Relay hints carried by events.
 //!
 //! Where events name relays:
-//! - NIP-65 relay lists (kind 10002): `["r", url, marker?]`;
-//! - the relay slot (third element) of `e`, `p`, `a` and `q` tags, in any kind (replies,
-//!   mentions, follow lists' `p` tags, quotes);
-//! - `["relay", url]` tags (kind 10050 DM relays, NIP-51 relay sets, NIP-42 auth events);
-//! - the legacy relay map in kind 3 content: `{"wss://…": {"read": true, "write": true}}`;
-//! - NIP-66 relay discovery events (kind 30166), whose `d` tag is the relay.
+//! - any value of any tag, in any kind, that is a `ws://` or `wss://` URL (as BigBrotr mines
+//!   every tag value): NIP-65 relay lists' `r` tags, the relay slot of `e`/`p`/`a`/`q` tags,
+//!   `relay` tags (kind 10050, NIP-51 sets, NIP-42), NIP-66 `d` tags, and `r` tags or any
+//!   other tag naming a relay in a note;
+//! - the legacy relay map in kind 3 content: `{"wss://…": {"read": true, "write": true}}`.
 //!
 //! Extraction returns the raw strings (trimmed, `ws://` or `wss://`, bounded length);
 //! normalization with [`crate::model::RelayUrl::parse`] is the finder's job. The check that
@@ -21,10 +20,6 @@ pub const MAX_HINT_LEN: usize = 1024;
 
 /// NIP-02 follow list: carries the legacy relay map in its content.
 pub const KIND_CONTACTS: u16 = 3;
-/// NIP-65 relay list metadata.
-pub const KIND_RELAY_LIST: u16 = 10002;
-/// NIP-66 relay discovery.
-pub const KIND_RELAY_DISCOVERY: u16 = 30166;
 
 /// True if `s` holds something shaped like `ws://` or `wss://` (any case).
 pub fn has_ws_url(s: &str) -> bool {
@@ -53,24 +48,14 @@ pub fn as_ws_url(s: &str) -> Option<&str> {
     ok.then_some(t)
 }
 
-/// The relay named by one tag of an event of `kind`, if any.
-pub fn tag_hint<S: AsRef<str>>(kind: u16, tag: &[S]) -> Option<&str> {
-    let name = tag.first()?.as_ref();
-    let slot = match name {
-        "e" | "p" | "a" | "q" => 2,
-        "relay" => 1,
-        "r" if kind == KIND_RELAY_LIST => 1,
-        "d" if kind == KIND_RELAY_DISCOVERY => 1,
-        _ => return None,
-    };
-    as_ws_url(tag.get(slot)?.as_ref())
-}
-
-/// Calls `out` with every relay hint in `tags`.
-pub fn from_tags<S: AsRef<str>>(kind: u16, tags: &[Vec<S>], out: &mut impl FnMut(&str)) {
+/// Calls `out` with every relay hint in `tags`: each value (after the tag's name) that is a
+/// WebSocket URL, whatever the tag and the kind.
+pub fn from_tags<S: AsRef<str>>(tags: &[Vec<S>], out: &mut impl FnMut(&str)) {
     for t in tags {
-        if let Some(u) = tag_hint(kind, t) {
-            out(u);
+        for v in t.iter().skip(1) {
+            if let Some(u) = as_ws_url(v.as_ref()) {
+                out(u);
+            }
         }
     }
 }
@@ -97,10 +82,10 @@ pub fn extract(kind: u16, tags_json: &str, content: &str, out: &mut impl FnMut(&
     if has_ws_url(tags_json) {
         // Canonical tags are mostly escape-free: borrow when possible, own otherwise.
         match serde_json::from_str::<Vec<Vec<&str>>>(tags_json) {
-            Ok(tags) => from_tags(kind, &tags, out),
+            Ok(tags) => from_tags(&tags, out),
             Err(_) => {
                 if let Ok(tags) = serde_json::from_str::<Vec<Vec<String>>>(tags_json) {
-                    from_tags(kind, &tags, out);
+                    from_tags(&tags, out);
                 }
             }
         }
