@@ -701,6 +701,15 @@ pub struct Dvm {
     pub max_concurrent_jobs: usize,
     /// Jobs waiting for a slot; requests beyond get a `busy` error feedback.
     pub max_queued_jobs: usize,
+    /// Requests one customer (pubkey) may make per minute on average (0 = no rate limit);
+    /// beyond, a `rate-limited` error feedback.
+    pub per_customer_jobs_per_minute: u32,
+    /// Requests one customer may make at once before the per-minute rate applies.
+    pub per_customer_burst: u32,
+    /// Jobs of one customer running or waiting at once (0 = only the global bounds).
+    pub per_customer_max_jobs: usize,
+    /// Customers whose rate and jobs are remembered; beyond, idle ones are forgotten.
+    pub max_customers: usize,
     /// Seconds one job may run (also the `statement_timeout` of its queries).
     pub job_timeout: f64,
     /// Largest job request accepted (bytes of its JSON).
@@ -725,6 +734,10 @@ impl Default for Dvm {
             max_filter_values: 1000,
             max_concurrent_jobs: 4,
             max_queued_jobs: 16,
+            per_customer_jobs_per_minute: 30,
+            per_customer_burst: 10,
+            per_customer_max_jobs: 4,
+            max_customers: 10_000,
             job_timeout: 10.0,
             max_request_bytes: 64 << 10,
             max_result_bytes: 512 << 10,
@@ -753,6 +766,13 @@ impl std::fmt::Debug for Dvm {
             .field("max_filter_values", &self.max_filter_values)
             .field("max_concurrent_jobs", &self.max_concurrent_jobs)
             .field("max_queued_jobs", &self.max_queued_jobs)
+            .field(
+                "per_customer_jobs_per_minute",
+                &self.per_customer_jobs_per_minute,
+            )
+            .field("per_customer_burst", &self.per_customer_burst)
+            .field("per_customer_max_jobs", &self.per_customer_max_jobs)
+            .field("max_customers", &self.max_customers)
             .field("job_timeout", &self.job_timeout)
             .field("max_request_bytes", &self.max_request_bytes)
             .field("max_result_bytes", &self.max_result_bytes)
@@ -799,6 +819,17 @@ impl Dvm {
                 bail!("{file}: key `dvm.{key}` {msg}");
             }
         }
+        if self.per_customer_burst == 0 {
+            bail!("{file}: key `dvm.per_customer_burst` must be at least 1");
+        }
+        // Customers with a job are never forgotten (their job count must hold): the table
+        // must have room for every job the DVM can hold at once.
+        let jobs = self
+            .max_concurrent_jobs
+            .saturating_add(self.max_queued_jobs);
+        if self.max_customers < jobs {
+            bail!("{file}: key `dvm.max_customers` must be at least dvm.max_concurrent_jobs + dvm.max_queued_jobs ({jobs})");
+        }
         if !self.private_key.is_empty() && self.keypair().is_none() {
             bail!("{file}: key `dvm.private_key` (or BIGBROTR_DVM_PRIVATE_KEY) must be a 64-digit hex secret key");
         }
@@ -844,7 +875,7 @@ enum Zero {
 /// positive when `zero` is refused. `Duration::from_secs_f64` panics on inf and NaN, so this
 /// runs at load rather than when the value is first used.
 fn check_seconds(file: &str, key: &str, v: f64, zero: Zero) -> anyhow::Result<()> {
-    let ok = v.is_finite() && v >= 0.0 && v <= MAX_SECONDS && (zero == Zero::Allowed || v > 0.0);
+    let ok = (0.0..=MAX_SECONDS).contains(&v) && (zero == Zero::Allowed || v > 0.0);
     if !ok {
         let low = match zero {
             Zero::Allowed => "0",
@@ -1332,6 +1363,20 @@ mod tests {
         let e = Config::parse("[sync.timeouts.tor]\nconect = 1\n", Path::new("x.toml"))
             .expect_err("typo");
         assert!(e.to_string().contains("conect"), "{e}");
+    }
+
+    #[test]
+    fn dvm_customer_limits_are_checked() {
+        let e = load_error("[dvm]\nmax_customers = 10\n");
+        assert!(
+            e.contains("`dvm.max_customers`") && e.contains("(20)"),
+            "{e}"
+        );
+        let e = load_error("[dvm]\nper_customer_burst = 0\n");
+        assert!(e.contains("`dvm.per_customer_burst`"), "{e}");
+        let ok = "[dvm]\nper_customer_jobs_per_minute = 0\nper_customer_max_jobs = 0\n";
+        let c = Config::parse(ok, Path::new("x.toml")).expect("parse");
+        c.validate().expect("0 turns the per-customer limits off");
     }
 
     #[test]

@@ -14,10 +14,12 @@ use anyhow::Context;
 use bb8_postgres::PostgresConnectionManager;
 use bigbrotr_stages::connect::TransportConfig;
 use bigbrotr_stages::dvm::{
-    self as stage, Announcement, Backend, DvmSettings, DvmStats, Filter, Job, Limits,
+    self as stage, Announcement, Answer, Backend, CustomerLimits, DvmSettings, DvmStats, Filter,
+    Job, Limits,
 };
 use bigbrotr_stages::model::canonical::write_tags;
 use bigbrotr_stages::model::{now_secs, Event, RelayUrl};
+use futures_util::TryStreamExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -27,6 +29,11 @@ use tokio_postgres::NoTls;
 
 /// Longest a job waits for a pooled connection (it also counts against `job_timeout`).
 const CHECKOUT: Duration = Duration::from_secs(5);
+
+/// Fewest bytes an event's JSON takes besides its content: the 64-digit id and pubkey, the
+/// 128-digit sig, the field names, `[]` tags and one-digit numbers come to 333; rounded down
+/// so that the events query's size estimate stays a lower bound.
+const JSON_FLOOR: i64 = 320;
 
 /// The `d` tag of the NIP-89 announcement.
 pub const HANDLER_ID: &str = "bigbrotr-archive";
@@ -70,6 +77,12 @@ pub fn settings(cfg: &Config) -> anyhow::Result<DvmSettings> {
         job_timeout: secs(d.job_timeout),
         max_concurrent_jobs: d.max_concurrent_jobs,
         max_queued_jobs: d.max_queued_jobs,
+        customers: CustomerLimits {
+            jobs_per_minute: d.per_customer_jobs_per_minute,
+            burst: d.per_customer_burst,
+            max_jobs: d.per_customer_max_jobs,
+            max_customers: d.max_customers,
+        },
         max_request_bytes: d.max_request_bytes,
         limits: Limits {
             max_limit: d.max_limit,
@@ -153,7 +166,7 @@ impl ArchiveBackend {
         })
     }
 
-    async fn count(&self, f: &Filter) -> Result<String, String> {
+    async fn count(&self, f: &Filter) -> Result<Answer, String> {
         let mut params = SqlParams::new();
         let cond = conditions(f, &mut params);
         let sql = format!("SELECT count(*) FROM events AS e WHERE {cond}");
@@ -163,12 +176,19 @@ impl ArchiveBackend {
             .await
             .map_err(|e| db_error(&e))?;
         let n: i64 = row.try_get(0).map_err(|e| db_error(&e))?;
-        Ok(serde_json::json!({ "count": n }).to_string())
+        Ok(serde_json::json!({ "count": n }).to_string().into())
     }
 
-    async fn events(&self, f: &Filter, limit: u64) -> Result<String, String> {
+    /// The newest matching events, as a JSON array, cut before it grows past
+    /// `max_result_bytes` (then tagged `["truncated","max_result_bytes",<bytes>]`).
+    ///
+    /// Memory stays near the budget whatever the events' sizes: the query itself stops
+    /// sending rows once a lower bound of the events' JSON so far passes the budget (one
+    /// row past it, to tell a cut answer from a complete one), and rows are read one at a
+    /// time from the stream and dropped once appended.
+    async fn events(&self, f: &Filter, limit: u64) -> Result<Answer, String> {
         if limit == 0 {
-            return Ok("[]".into());
+            return Ok(String::from("[]").into());
         }
         let mut params = SqlParams::new();
         let cond = conditions(f, &mut params);
@@ -176,28 +196,47 @@ impl ArchiveBackend {
             Box::new(i64::try_from(limit).unwrap_or(i64::MAX)),
             &mut params,
         );
-        // NIP-01 order: newest first, ties broken by the lowest id.
+        let budget = push(
+            Box::new(i64::try_from(self.max_result_bytes).unwrap_or(i64::MAX)),
+            &mut params,
+        );
+        // NIP-01 order: newest first, ties broken by the lowest id. `before` is a lower bound
+        // of the JSON of the events ahead of a row (content bytes, which JSON escaping never
+        // shrinks, plus the fixed fields); `octet_length` reads a TOASTed value's size without
+        // fetching it.
         let sql = format!(
-            "SELECT e.id, e.pubkey, e.created_at, e.kind, e.tags::text, e.content, e.sig, e.raw_canonical
-             FROM events AS e WHERE {cond}
-             ORDER BY e.created_at DESC, e.id ASC LIMIT ${n}"
+            "SELECT s.id, s.pubkey, s.created_at, s.kind, s.tags, s.content, s.sig, s.raw_canonical
+             FROM (SELECT e.id, e.pubkey, e.created_at, e.kind, e.tags::text AS tags, e.content,
+                          e.sig, e.raw_canonical,
+                          coalesce(sum(octet_length(e.content) + {JSON_FLOOR}) OVER (
+                              ORDER BY e.created_at DESC, e.id ASC
+                              ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
+                   FROM events AS e WHERE {cond}
+                   ORDER BY e.created_at DESC, e.id ASC LIMIT ${n}) AS s
+             WHERE s.before <= ${budget}
+             ORDER BY s.created_at DESC, s.id ASC"
         );
         let conn = self.conn().await?;
         let rows = conn
-            .query(&sql, &refs(&params))
+            .query_raw(&sql, refs(&params))
             .await
             .map_err(|e| db_error(&e))?;
+        futures_util::pin_mut!(rows);
         let mut out = String::from("[");
         let mut buf = Vec::new();
-        for r in &rows {
-            let ev = event_from_row(r)?;
+        let mut truncated = false;
+        while let Some(row) = rows.try_next().await.map_err(|e| db_error(&e))? {
+            let ev = event_from_row(&row)?;
+            drop(row);
             if ev.compute_id(&mut buf) != ev.id {
                 // Cannot happen for rows the pipeline stored; never hand out what would not verify.
                 tracing::warn!(id = %hex::encode(ev.id), "DVM: archived event does not match its id; left out");
                 continue;
             }
             let json = ev.to_json();
+            drop(ev);
             if out.len() + json.len() + 2 > self.max_result_bytes {
+                truncated = true;
                 break;
             }
             if out.len() > 1 {
@@ -205,11 +244,21 @@ impl ArchiveBackend {
             }
             out.push_str(&json);
         }
+        // Dropping the stream mid-way leaves the rest (at most one row, see the query) to
+        // the connection, which discards it.
         out.push(']');
-        Ok(out)
+        let mut answer = Answer::from(out);
+        if truncated {
+            answer.tags.push(vec![
+                "truncated".into(),
+                "max_result_bytes".into(),
+                self.max_result_bytes.to_string(),
+            ]);
+        }
+        Ok(answer)
     }
 
-    async fn relay_stats(&self, relay: Option<&str>, limit: u64) -> Result<String, String> {
+    async fn relay_stats(&self, relay: Option<&str>, limit: u64) -> Result<Answer, String> {
         let conn = self.conn().await?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let row = conn
@@ -228,22 +277,22 @@ impl ArchiveBackend {
                 return Err(format!("relay {url} is not in the archive"));
             }
         }
-        Ok(v.to_string())
+        Ok(v.to_string().into())
     }
 
-    async fn archive_stats(&self) -> Result<String, String> {
+    async fn archive_stats(&self) -> Result<Answer, String> {
         let conn = self.conn().await?;
         let row = conn
             .query_one("SELECT to_jsonb(s) FROM events_statistics AS s", &[])
             .await
             .map_err(|e| db_error(&e))?;
         let v: serde_json::Value = row.try_get(0).map_err(|e| db_error(&e))?;
-        Ok(v.to_string())
+        Ok(v.to_string().into())
     }
 }
 
 impl Backend for ArchiveBackend {
-    async fn run(&self, job: &Job) -> Result<String, String> {
+    async fn run(&self, job: &Job) -> Result<Answer, String> {
         match job {
             Job::Count(f) => self.count(f).await,
             Job::Events { filter, limit } => self.events(filter, *limit).await,

@@ -9,7 +9,9 @@ use bigbrotr::config::Config;
 use bigbrotr::db::Pool;
 use bigbrotr::dvm::RunningDvm;
 use bigbrotr::gen::{generate, sign, GenEvent, GenSpec};
-use bigbrotr::stages::dvm::{self as stage, Backend, DvmSettings, DvmStats, Job, Limits};
+use bigbrotr::stages::dvm::{
+    self as stage, Answer, Backend, CustomerLimits, DvmSettings, DvmStats, Job, Limits,
+};
 use bigbrotr::stages::model::now_secs;
 use bigbrotr::testrelay::{Behavior, TestRelay};
 use common::*;
@@ -143,10 +145,21 @@ struct Customer {
 impl Customer {
     /// Connects and subscribes to answers tagged with its key and to `dvm`'s announcements.
     async fn connect(url: &str, key: Keypair, dvm: &str) -> Customer {
+        let answers = json!({"kinds": [6900, 6901, 6902, 6903, 7000], "#p": [pk_hex(&key)]});
+        Customer::connect_with(url, key, dvm, answers).await
+    }
+
+    /// An observer of every answer `dvm` signs, whoever the customer (many keys, one socket).
+    async fn watch_all(url: &str, key: Keypair, dvm: &str) -> Customer {
+        let answers = json!({"kinds": [6900, 6901, 6902, 6903, 7000], "authors": [dvm]});
+        Customer::connect_with(url, key, dvm, answers).await
+    }
+
+    async fn connect_with(url: &str, key: Keypair, dvm: &str, answers: Value) -> Customer {
         let (mut ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("customer connects");
-        let answers = json!(["REQ", "answers", {"kinds": [6900, 6901, 6902, 6903, 7000], "#p": [pk_hex(&key)]}]);
+        let answers = json!(["REQ", "answers", answers]);
         let announce = json!(["REQ", "announce", {"kinds": [31990], "authors": [dvm]}]);
         for m in [answers, announce] {
             ws.send(Message::Text(m.to_string().into()))
@@ -312,6 +325,9 @@ fn dvm_config(db: &str, relays: &[String], dvm: &Keypair) -> Config {
     cfg.dvm.max_limit = 25;
     cfg.dvm.max_filter_values = 5;
     cfg.dvm.job_timeout = 30.0;
+    // One test customer sends many jobs at once; the per-customer limits have their own tests.
+    cfg.dvm.per_customer_jobs_per_minute = 0;
+    cfg.dvm.per_customer_max_jobs = 0;
     cfg.validate().expect("valid test configuration");
     cfg
 }
@@ -774,7 +790,7 @@ struct Gated {
 }
 
 impl Backend for Gated {
-    async fn run(&self, job: &Job) -> Result<String, String> {
+    async fn run(&self, job: &Job) -> Result<Answer, String> {
         if matches!(job, Job::ArchiveStats) {
             std::future::pending::<()>().await;
         }
@@ -783,7 +799,28 @@ impl Backend for Gated {
         let permit = self.gate.acquire().await.map_err(|e| e.to_string())?;
         permit.forget();
         self.running.fetch_sub(1, Relaxed);
-        Ok(json!({"count": 1}).to_string())
+        Ok(json!({"count": 1}).to_string().into())
+    }
+}
+
+impl Gated {
+    /// A backend holding every count job until `add_permits`.
+    fn closed() -> Arc<Gated> {
+        Arc::new(Gated {
+            gate: tokio::sync::Semaphore::new(0),
+            running: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+        })
+    }
+}
+
+/// No per-customer limits: the tests of the global bounds send many jobs from one key.
+fn no_customer_limits() -> CustomerLimits {
+    CustomerLimits {
+        jobs_per_minute: 0,
+        burst: 1,
+        max_jobs: 0,
+        max_customers: 10_000,
     }
 }
 
@@ -795,6 +832,7 @@ fn spawn_stage(
     name: &str,
     (slots, queue): (usize, usize),
     job_timeout: Duration,
+    customers: CustomerLimits,
 ) -> (
     Arc<DvmStats>,
     tokio::sync::watch::Sender<bool>,
@@ -808,6 +846,7 @@ fn spawn_stage(
         job_timeout,
         max_concurrent_jobs: slots,
         max_queued_jobs: queue,
+        customers,
         max_request_bytes: 64 << 10,
         limits: Limits::default(),
         announce: Some(stage::Announcement {
@@ -843,6 +882,7 @@ async fn bounds_concurrent_jobs_queue_and_job_time() {
         "first",
         (1, 2),
         Duration::from_secs(600),
+        no_customer_limits(),
     );
     let mut c = Customer::connect(&relay.url(), keypair(0x22), &dvm).await;
     c.announcement_named("first").await;
@@ -888,6 +928,7 @@ async fn bounds_concurrent_jobs_queue_and_job_time() {
         "second",
         (2, 2),
         Duration::from_millis(300),
+        no_customer_limits(),
     );
     let mut c = Customer::connect(&relay.url(), keypair(0x23), &dvm).await;
     let key = c.key;
@@ -902,6 +943,458 @@ async fn bounds_concurrent_jobs_queue_and_job_time() {
     let v = check_result(&c.answer(&quick.id).await, &quick, &dvm, &relay.url(), &key);
     assert_eq!(v, json!({"count": 1}));
     assert_eq!(stats.jobs_timed_out.load(Relaxed), 1);
+    let _ = stop.send(true);
+    task.await.expect("stage ends");
+    relay.stop().await;
+}
+
+/// Content that JSON escapes (23 bytes for 20): answers are larger than the content.
+const ESCAPED: &str = "large \"quoted\" line\n";
+
+/// An event of about `bytes` bytes of content made of `unit`s.
+fn large_event(key: &Keypair, created_at: i64, bytes: usize, unit: &str) -> GenEvent {
+    let mut content = format!("{created_at} ");
+    while content.len() + unit.len() <= bytes {
+        content.push_str(unit);
+    }
+    sign(key, created_at, 1, &[t(&["t", "large"])], &content)
+}
+
+/// Ids of the events of an events result, each verified with the `nostr` crate.
+fn verified_ids(content: &Value) -> Vec<String> {
+    content
+        .as_array()
+        .expect("an events result is a JSON array")
+        .iter()
+        .map(|e| {
+            let ev = nostr::Event::from_json(e.to_string()).expect("nostr parses the event");
+            ev.verify().expect("the event verifies");
+            ev.id.to_hex()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_job_stops_at_the_byte_budget_and_tags_the_result() {
+    let (pool, db) = test_db().await;
+    let author = keypair(0x31);
+    // Twelve events of 250 KB with characters JSON escapes (287.5 KB as JSON): three fit in
+    // a 1 MB budget, the fourth would not.
+    let evs: Vec<GenEvent> = (0..12)
+        .map(|i| large_event(&author, 1_700_000_000 + i, 250_000, ESCAPED))
+        .collect();
+    for ev in &evs {
+        insert(&pool, ev, MAIN_RELAY).await;
+    }
+    let small = sign(&author, 1_600_000_000, 7, &[], "+");
+    insert(&pool, &small, MAIN_RELAY).await;
+    let parsed: Vec<Ev> = evs.iter().map(parse).collect();
+    let relay = TestRelay::start(Vec::new(), Behavior::default())
+        .await
+        .expect("relay");
+    let dvm_key = keypair(0x13);
+    let dvm = pk_hex(&dvm_key);
+    let budget = 1_000_000usize;
+    let mut cfg = dvm_config(&db, &[relay.url()], &dvm_key);
+    cfg.dvm.max_result_bytes = budget;
+    let running = bigbrotr::dvm::start(&cfg, &db).await.expect("DVM starts");
+    let mut c = Customer::connect(&relay.url(), keypair(0x22), &dvm).await;
+    c.announcement().await;
+    let key = c.key;
+
+    // Everything: cut by the budget, newest first, whole events, tagged.
+    let all = request(&key, &dvm, 5901, vec![filter_param(json!({"kinds": [1]}))]);
+    c.publish(&all).await;
+    let ev = c.answer(&all.id).await;
+    let content = check_result(&ev, &all, &dvm, &relay.url(), &key);
+    let text_len = ev["content"].as_str().expect("content").len();
+    assert!(
+        text_len <= budget,
+        "{text_len} bytes over a {budget} budget"
+    );
+    let ids = verified_ids(&content);
+    assert_eq!(
+        ids,
+        newest(parsed.iter().collect(), 3),
+        "the three newest fit"
+    );
+    assert_eq!(
+        tag(&ev, "truncated"),
+        Some(t(&["truncated", "max_result_bytes", "1000000"])),
+        "a cut result says so: {:?}",
+        ev["tags"].as_array().map(|t| t.len())
+    );
+
+    // Under the budget: no tag. A limit below the budget is not a cut either.
+    for (filter, want) in [
+        (json!({"kinds": [7]}), vec![hex::encode(small.id)]),
+        (
+            json!({"kinds": [1], "limit": 2}),
+            newest(parsed.iter().collect(), 2),
+        ),
+    ] {
+        let r = request(&key, &dvm, 5901, vec![filter_param(filter)]);
+        c.publish(&r).await;
+        let ev = c.answer(&r.id).await;
+        let content = check_result(&ev, &r, &dvm, &relay.url(), &key);
+        assert_eq!(verified_ids(&content), want);
+        assert_eq!(tag(&ev, "truncated"), None, "{}", r.json);
+    }
+
+    // One event larger than the whole budget: an empty, tagged answer.
+    let huge = large_event(&author, 1_800_000_000, 1_100_000, ESCAPED);
+    insert(&pool, &huge, MAIN_RELAY).await;
+    // (A filter unlike the first one's: the same request signed in the same second would
+    // be the same event, answered once.)
+    let r = request(
+        &key,
+        &dvm,
+        5901,
+        vec![filter_param(json!({"kinds": [1], "since": 0}))],
+    );
+    c.publish(&r).await;
+    let ev = c.answer(&r.id).await;
+    let content = check_result(&ev, &r, &dvm, &relay.url(), &key);
+    assert!(verified_ids(&content).is_empty(), "nothing fits");
+    assert!(tag(&ev, "truncated").is_some());
+    running.stop().await;
+    relay.stop().await;
+}
+
+/// Peak and current resident memory of process `pid`, in KiB (VmHWM, VmRSS).
+fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"))
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// The `bigbrotr dvm` process answering twenty events jobs over 500 archived events of
+/// ~500 KB: what the process holds stays near `max_result_bytes` per running job, however
+/// much the filter matches. `BIGBROTR_DVM_BIN` runs another build of the binary (to measure
+/// an older one); `DVM_MEMORY_EVENTS` changes the number of archived events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dvm_process_memory_stays_near_the_byte_budget() {
+    let events: i64 = std::env::var("DVM_MEMORY_EVENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let (pool, db) = test_db().await;
+    let author = keypair(0x32);
+    for i in 0..events {
+        let ev = large_event(&author, 1_700_000_000 + i, 500_000, "large plain line ");
+        insert(&pool, &ev, MAIN_RELAY).await;
+    }
+    let relay = TestRelay::start(Vec::new(), Behavior::default())
+        .await
+        .expect("relay");
+    let dvm_key = keypair(0x14);
+    let dvm = pk_hex(&dvm_key);
+    let dir = std::env::temp_dir().join(format!("bigbrotr-dvm-memory-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("dvm.toml");
+    let secret = hex::encode(dvm_key.secret_key().to_secret_bytes());
+    let jobs: u8 = 20;
+    // Twenty customers, one job each (the queue holds all 20); only keys every build knows,
+    // so that an older binary can be measured with the same file.
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[database]
+url = "{db}"
+pool_size = 4
+
+[dvm]
+private_key = "{secret}"
+relays = ["{relay}"]
+max_queued_jobs = {jobs}
+job_timeout = 120.0
+"#,
+            relay = relay.url()
+        ),
+    )
+    .expect("config");
+    let bin = std::env::var("BIGBROTR_DVM_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bigbrotr").to_string());
+    let mut child = tokio::process::Command::new(&bin)
+        .arg("--config")
+        .arg(&file)
+        .arg("dvm")
+        .env("BIGBROTR_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("bigbrotr dvm starts");
+    let pid = child.id().expect("pid");
+    let mut c = Customer::watch_all(&relay.url(), keypair(0x22), &dvm).await;
+    c.announcement().await;
+    let (idle_hwm, _) = memory_kib(pid);
+    let keys: Vec<Keypair> = (0..jobs).map(|i| keypair(0x40 + i)).collect();
+    let reqs: Vec<GenEvent> = keys
+        .iter()
+        .map(|k| request(k, &dvm, 5901, vec![filter_param(json!({}))]))
+        .collect();
+    let started = std::time::Instant::now();
+    for r in &reqs {
+        c.publish(r).await;
+    }
+    let mut answers = Vec::new();
+    for r in &reqs {
+        answers.push(c.answer(&r.id).await);
+    }
+    let elapsed = started.elapsed();
+    let (hwm, rss) = memory_kib(pid);
+    println!(
+        "bigbrotr dvm ({bin}): {jobs} events jobs over {events} events of 500 KB: VmHWM {} MiB \
+         (idle {} MiB), VmRSS {} MiB, {} ms",
+        hwm / 1024,
+        idle_hwm / 1024,
+        rss / 1024,
+        elapsed.as_millis()
+    );
+    let _ = child.kill().await;
+    for ((ev, r), key) in answers.iter().zip(&reqs).zip(&keys) {
+        let content = check_result(ev, r, &dvm, &relay.url(), key);
+        let len = ev["content"].as_str().map_or(0, str::len);
+        assert!(len <= 512 << 10, "{len} bytes over the default budget");
+        assert_eq!(
+            verified_ids(&content).len(),
+            1,
+            "one 500 KB event fits in 512 KiB"
+        );
+        assert!(tag(ev, "truncated").is_some(), "the cut is flagged");
+    }
+    // Four jobs at once, each near its 512 KiB budget plus one event and the signed result:
+    // tens of MiB over the idle process, not the hundreds the matching rows would take.
+    assert!(
+        hwm < idle_hwm + 150 * 1024,
+        "peak {hwm} KiB, idle {idle_hwm} KiB: the DVM holds more than its byte budgets"
+    );
+    relay.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_customer_is_rate_limited_while_another_is_served() {
+    let relay = TestRelay::start(Vec::new(), Behavior::default())
+        .await
+        .expect("relay");
+    let dvm_key = keypair(0x15);
+    let dvm = pk_hex(&dvm_key);
+
+    // The token bucket: a burst of 3, then one a minute.
+    let backend = Gated::closed();
+    backend.gate.add_permits(1_000);
+    let limits = CustomerLimits {
+        jobs_per_minute: 1,
+        burst: 3,
+        max_jobs: 0,
+        max_customers: 100,
+    };
+    let (stats, stop, task) = spawn_stage(
+        &relay,
+        &dvm_key,
+        backend.clone(),
+        "bucket",
+        (2, 50),
+        Duration::from_secs(60),
+        limits,
+    );
+    let mut a = Customer::connect(&relay.url(), keypair(0x22), &dvm).await;
+    a.announcement_named("bucket").await;
+    let mut b = Customer::connect(&relay.url(), keypair(0x23), &dvm).await;
+    let (ka, kb) = (a.key, b.key);
+    let flood: Vec<GenEvent> = (0..10)
+        .map(|i| request(&ka, &dvm, 5900, vec![filter_param(json!({"kinds": [i]}))]))
+        .collect();
+    for r in &flood {
+        a.publish(r).await;
+    }
+    let other = request(&kb, &dvm, 5900, vec![filter_param(json!({}))]);
+    b.publish(&other).await;
+    let (mut served, mut limited) = (0, 0);
+    for r in &flood {
+        let ev = a.answer(&r.id).await;
+        if ev["kind"] == 6900 {
+            check_result(&ev, r, &dvm, &relay.url(), &ka);
+            served += 1;
+        } else {
+            let msg = check_error(&ev, r, &dvm, &relay.url(), &ka);
+            assert!(msg.starts_with("rate-limited"), "{msg}");
+            assert!(msg.contains("per minute"), "{msg}");
+            limited += 1;
+        }
+    }
+    assert_eq!((served, limited), (3, 7), "the burst, then limited answers");
+    let v = check_result(&b.answer(&other.id).await, &other, &dvm, &relay.url(), &kb);
+    assert_eq!(v, json!({"count": 1}), "the other customer is served");
+    assert_eq!(stats.rate_limited.load(Relaxed), 7);
+    let _ = stop.send(true);
+    task.await.expect("stage ends");
+    relay.stop().await;
+
+    // The bound on one customer's jobs: two of its jobs wait, the next is turned away while
+    // another customer's job still gets a place.
+    let relay = TestRelay::start(Vec::new(), Behavior::default())
+        .await
+        .expect("relay");
+    let backend = Gated::closed();
+    let limits = CustomerLimits {
+        jobs_per_minute: 0,
+        burst: 1,
+        max_jobs: 2,
+        max_customers: 100,
+    };
+    let (stats, stop, task) = spawn_stage(
+        &relay,
+        &dvm_key,
+        backend.clone(),
+        "jobs",
+        (1, 10),
+        Duration::from_secs(60),
+        limits,
+    );
+    let mut a = Customer::connect(&relay.url(), keypair(0x24), &dvm).await;
+    a.announcement_named("jobs").await;
+    let mut b = Customer::connect(&relay.url(), keypair(0x25), &dvm).await;
+    let (ka, kb) = (a.key, b.key);
+    let mine: Vec<GenEvent> = (0..4)
+        .map(|i| request(&ka, &dvm, 5900, vec![filter_param(json!({"kinds": [i]}))]))
+        .collect();
+    for r in &mine {
+        a.publish(r).await;
+    }
+    for r in &mine[2..] {
+        let msg = check_error(&a.answer(&r.id).await, r, &dvm, &relay.url(), &ka);
+        assert!(
+            msg.starts_with("rate-limited") && msg.contains("2 of your jobs"),
+            "{msg}"
+        );
+    }
+    let other = request(&kb, &dvm, 5900, vec![filter_param(json!({}))]);
+    b.publish(&other).await;
+    backend.gate.add_permits(3);
+    check_result(&b.answer(&other.id).await, &other, &dvm, &relay.url(), &kb);
+    for r in &mine[..2] {
+        check_result(&a.answer(&r.id).await, r, &dvm, &relay.url(), &ka);
+    }
+    assert_eq!(stats.rate_limited.load(Relaxed), 2);
+    // Its jobs ended: the customer may queue again.
+    let again = request(&ka, &dvm, 5900, vec![filter_param(json!({"kinds": [9]}))]);
+    backend.gate.add_permits(1);
+    a.publish(&again).await;
+    check_result(&a.answer(&again.id).await, &again, &dvm, &relay.url(), &ka);
+    let _ = stop.send(true);
+    task.await.expect("stage ends");
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_fresh_keys_is_bounded_and_the_dvm_stays_responsive() {
+    let relay = TestRelay::start(Vec::new(), Behavior::default())
+        .await
+        .expect("relay");
+    let dvm_key = keypair(0x16);
+    let dvm = pk_hex(&dvm_key);
+    let backend = Gated::closed();
+    // Two running, three waiting; a table of eight customers for sixty keys.
+    let limits = CustomerLimits {
+        jobs_per_minute: 30,
+        burst: 10,
+        max_jobs: 4,
+        max_customers: 8,
+    };
+    let (stats, stop, task) = spawn_stage(
+        &relay,
+        &dvm_key,
+        backend.clone(),
+        "fresh",
+        (2, 3),
+        Duration::from_secs(60),
+        limits,
+    );
+    let mut watch = Customer::watch_all(&relay.url(), keypair(0x22), &dvm).await;
+    watch.announcement_named("fresh").await;
+    let flood: Vec<GenEvent> = (0..60u8)
+        .map(|i| {
+            let k = keypair(0x80 + i);
+            request(&k, &dvm, 5900, vec![filter_param(json!({"kinds": [i]}))])
+        })
+        .collect();
+    for r in &flood {
+        watch.publish(r).await;
+    }
+    // Five get a place, the other 55 a busy error, quickly, while no job has finished.
+    let mut busy = 0;
+    for r in &flood[5..] {
+        let msg = check_error(
+            &watch.answer(&r.id).await,
+            r,
+            &dvm,
+            &relay.url(),
+            &keypair(0x80 + busy as u8 + 5),
+        );
+        assert!(msg.starts_with("busy"), "{msg}");
+        busy += 1;
+    }
+    assert_eq!(busy, 55);
+    assert_eq!(stats.busy.load(Relaxed), 55);
+    assert_eq!(stats.in_flight.load(Relaxed), 5, "running and waiting now");
+    assert_eq!(
+        stats.in_flight_peak.load(Relaxed),
+        5,
+        "never more than 2 + 3"
+    );
+    assert!(
+        backend.most.load(Relaxed) <= 2,
+        "never more than two running"
+    );
+    assert!(
+        stats.customers.load(Relaxed) <= 8,
+        "the customer table is bounded"
+    );
+    // Still responsive: a new customer is answered at once, while every place is taken.
+    let late_key = keypair(0x30);
+    let late = request(&late_key, &dvm, 5900, vec![filter_param(json!({}))]);
+    watch.publish(&late).await;
+    let answered = tokio::time::timeout(Duration::from_secs(5), watch.answer(&late.id))
+        .await
+        .expect("answered within 5 s while saturated");
+    assert!(check_error(&answered, &late, &dvm, &relay.url(), &late_key).starts_with("busy"));
+    // Once the jobs end, the five admitted get their results and a new customer is served.
+    backend.gate.add_permits(6);
+    for (i, r) in flood[..5].iter().enumerate() {
+        check_result(
+            &watch.answer(&r.id).await,
+            r,
+            &dvm,
+            &relay.url(),
+            &keypair(0x80 + i as u8),
+        );
+    }
+    let next = request(
+        &late_key,
+        &dvm,
+        5900,
+        vec![filter_param(json!({"kinds": [1]}))],
+    );
+    watch.publish(&next).await;
+    let v = check_result(
+        &watch.answer(&next.id).await,
+        &next,
+        &dvm,
+        &relay.url(),
+        &late_key,
+    );
+    assert_eq!(v, json!({"count": 1}));
+    assert_eq!(stats.in_flight_peak.load(Relaxed), 5);
     let _ = stop.send(true);
     task.await.expect("stage ends");
     relay.stop().await;

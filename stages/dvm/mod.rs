@@ -7,20 +7,25 @@
 //! not seen before, not encrypted, a supported kind with valid parameters), answers bad ones
 //! at once with a kind 7000 `error` feedback, and starts valid ones as jobs on a [`Backend`]
 //! (the engine's archive queries): at most `max_concurrent_jobs` run, at most
-//! `max_queued_jobs` wait (beyond: a `busy` error), each bounded by `job_timeout`.
+//! `max_queued_jobs` wait (beyond: a `busy` error), each bounded by `job_timeout`. Each
+//! customer (request pubkey) has a token bucket of requests and a bound on its jobs running or
+//! waiting ([`limits`]); beyond either, a `rate-limited` error.
 //!
 //! The stage knows nothing of the database: [`Backend`] answers a [`Job`] with the result's
 //! content, or with a message for the customer.
 
 pub mod jobs;
+pub mod limits;
 
 pub use jobs::{Filter, Job, Limits};
+pub use limits::CustomerLimits;
 
 use crate::connect::transport::{self, TransportConfig, Ws};
 use crate::model::{now_secs, Event, RelayUrl};
 use crate::monitor::nip66::{sign, SignedEvent};
 use crate::verify::{Gate, Verifier};
 use futures_util::{SinkExt, StreamExt};
+use limits::{CustomerJob, Customers, Limited};
 use secp256k1::Keypair;
 use serde_json::Value;
 use std::collections::{HashSet, VecDeque};
@@ -58,8 +63,26 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// Answers jobs; the engine implements it over the archive.
 pub trait Backend: Send + Sync + 'static {
-    /// The content of the job's result, or a message for the customer's error feedback.
-    fn run(&self, job: &Job) -> impl Future<Output = Result<String, String>> + Send;
+    /// The job's result, or a message for the customer's error feedback.
+    fn run(&self, job: &Job) -> impl Future<Output = Result<Answer, String>> + Send;
+}
+
+/// A job's result: the content of the result event and tags added to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Answer {
+    /// The result event's content.
+    pub content: String,
+    /// Tags appended after the NIP-90 ones (e.g. `["truncated", ...]`).
+    pub tags: Vec<Vec<String>>,
+}
+
+impl From<String> for Answer {
+    fn from(content: String) -> Answer {
+        Answer {
+            content,
+            tags: Vec::new(),
+        }
+    }
 }
 
 /// The NIP-89 announcement (kind 31990) published on every relay when connected.
@@ -90,6 +113,8 @@ pub struct DvmSettings {
     pub max_concurrent_jobs: usize,
     /// Jobs waiting for a slot; a request beyond gets a `busy` error.
     pub max_queued_jobs: usize,
+    /// Per-customer request rate and jobs; beyond, a `rate-limited` error.
+    pub customers: CustomerLimits,
     /// Largest request event (its JSON) accepted; results embed it in their `request` tag.
     pub max_request_bytes: usize,
     /// Bounds on each job's parameters.
@@ -125,6 +150,16 @@ pub struct DvmStats {
     pub refused: AtomicU64,
     /// Requests answered with a `busy` error (every slot and queue place taken).
     pub busy: AtomicU64,
+    /// Requests answered with a `rate-limited` error (the customer's bucket was empty or it
+    /// had its most jobs running or waiting).
+    pub rate_limited: AtomicU64,
+    /// Jobs running or waiting now.
+    pub in_flight: AtomicU64,
+    /// The most jobs ever running or waiting at once (never above `max_concurrent_jobs +
+    /// max_queued_jobs`).
+    pub in_flight_peak: AtomicU64,
+    /// Customers whose limits are remembered now (at most `max_customers`).
+    pub customers: AtomicU64,
     /// Jobs started.
     pub jobs_started: AtomicU64,
     /// Jobs answered with a result.
@@ -169,6 +204,7 @@ impl Ctx {
 /// A request that passed the checks of who sent it and to whom.
 struct Request {
     id_hex: String,
+    customer: [u8; 32],
     customer_hex: String,
     kind: u16,
     tags: Vec<Vec<String>>,
@@ -184,8 +220,8 @@ impl Request {
         ]
     }
 
-    /// The result event: `request`, `e`, `p`, and the request's `i` tags.
-    fn result(&self, keypair: &Keypair, content: &str) -> SignedEvent {
+    /// The result event: `request`, `e`, `p`, the request's `i` tags, then the answer's.
+    fn result(&self, keypair: &Keypair, answer: Answer) -> SignedEvent {
         let mut tags = vec![vec!["request".to_string(), self.json.clone()]];
         tags.extend(self.reply_tags());
         tags.extend(
@@ -194,12 +230,13 @@ impl Request {
                 .filter(|t| t.first().is_some_and(|n| n == "i"))
                 .cloned(),
         );
+        tags.extend(answer.tags);
         sign(
             keypair,
             now_secs(),
             jobs::result_kind(self.kind),
             &tags,
-            content,
+            &answer.content,
         )
     }
 
@@ -328,6 +365,7 @@ async fn dispatch<B: Backend>(ctx: Arc<Ctx>, backend: Arc<B>, incoming: flume::R
     let mut seen = SeenIds::new(SEEN_CAPACITY);
     let slots = Arc::new(Semaphore::new(ctx.settings.max_concurrent_jobs.max(1)));
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut customers = Customers::new(ctx.settings.customers.clone());
     let mut jobs = JoinSet::new();
     while let Ok(inc_req) = incoming.recv_async().await {
         while jobs.try_join_next().is_some() {}
@@ -335,6 +373,20 @@ async fn dispatch<B: Backend>(ctx: Arc<Ctx>, backend: Arc<B>, incoming: flume::R
             continue;
         };
         let keypair = &ctx.settings.keypair;
+        let limited = |why: Limited| {
+            inc(&ctx.stats.rate_limited);
+            let msg = why.message(&ctx.settings.customers);
+            tracing::debug!(id = %req.id_hex, customer = %req.customer_hex, reason = %msg, "DVM: request rate-limited");
+            ctx.publish(req.feedback(keypair, "error", &msg));
+        };
+        // Every request addressed to us costs its customer a token, valid or not: parsing
+        // and answering cost too.
+        let taken = customers.take(req.customer, Instant::now());
+        ctx.stats.customers.store(customers.len() as u64, Relaxed);
+        if let Err(why) = taken {
+            limited(why);
+            continue;
+        }
         let refuse = |why: String| {
             inc(&ctx.stats.refused);
             tracing::debug!(id = %req.id_hex, reason = %why, "DVM: request refused");
@@ -373,8 +425,22 @@ async fn dispatch<B: Backend>(ctx: Arc<Ctx>, backend: Arc<B>, incoming: flume::R
             ));
             continue;
         }
-        in_flight.fetch_add(1, Relaxed);
-        let guard = InFlight(in_flight.clone());
+        let customer_job = match customers.start_job(req.customer, Instant::now()) {
+            Ok(j) => j,
+            Err(why) => {
+                limited(why);
+                continue;
+            }
+        };
+        ctx.stats.customers.store(customers.len() as u64, Relaxed);
+        let now = in_flight.fetch_add(1, Relaxed) + 1;
+        ctx.stats.in_flight.store(now as u64, Relaxed);
+        ctx.stats.in_flight_peak.fetch_max(now as u64, Relaxed);
+        let guard = InFlight {
+            count: in_flight.clone(),
+            stats: ctx.stats.clone(),
+            _customer: customer_job,
+        };
         jobs.spawn(run_job(
             ctx.clone(),
             backend.clone(),
@@ -388,12 +454,19 @@ async fn dispatch<B: Backend>(ctx: Arc<Ctx>, backend: Arc<B>, incoming: flume::R
     jobs.shutdown().await;
 }
 
-/// Decrements the in-flight count when a job ends, however it ends.
-struct InFlight(Arc<AtomicUsize>);
+/// Decrements the in-flight counts (global, and the customer's through its [`CustomerJob`])
+/// when a job ends, however it ends.
+struct InFlight {
+    count: Arc<AtomicUsize>,
+    stats: Arc<DvmStats>,
+    /// Held for its `Drop`: the customer's job count.
+    _customer: CustomerJob,
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Relaxed);
+        let now = self.count.fetch_sub(1, Relaxed).saturating_sub(1);
+        self.stats.in_flight.store(now as u64, Relaxed);
     }
 }
 
@@ -440,6 +513,7 @@ fn admit(
     }
     Some(Request {
         id_hex: hex::encode(ev.id),
+        customer: ev.pubkey,
         customer_hex: hex::encode(ev.pubkey),
         kind: ev.kind,
         tags,
@@ -474,9 +548,9 @@ async fn run_job<B: Backend>(
         }
     };
     match outcome {
-        Some(Ok(Ok(content))) => {
+        Some(Ok(Ok(answer))) => {
             inc(&ctx.stats.jobs_succeeded);
-            ctx.publish(req.result(keypair, &content));
+            ctx.publish(req.result(keypair, answer));
         }
         Some(Ok(Err(why))) => {
             inc(&ctx.stats.jobs_failed);
