@@ -334,7 +334,7 @@ fn pgbouncer_bin() -> PathBuf {
     from_path
         .or_else(|| Some(PathBuf::from("/usr/sbin/pgbouncer")).filter(|p| p.is_file()))
         .expect(
-            "pgbouncer is not installed: scripts/ensure-postgres installs it as root \
+            "pgbouncer is not installed: scripts/test (ensure-postgres --tests) installs it as root \
              (apt-get install pgbouncer)",
         )
 }
