@@ -6,7 +6,8 @@
 //! `analytics_refresh(batch)` folds at most `batch` of them into the summaries in one
 //! transaction, moving the watermark with them. The views read the summaries and merge up to
 //! `view_tail` rows above the watermark, so they are exact while this stage keeps up, off the
-//! ingestion hot path.
+//! ingestion hot path. `sql/011_analytics_fold.sql` makes the fold set-based (its cost grows
+//! with the summary rows it touches, not the rows behind them) and adds `analytics_lag`.
 
 use crate::config::Config;
 use crate::db::Pool;
@@ -149,8 +150,24 @@ pub async fn refresh_step(pool: &Pool, batch: u32) -> anyhow::Result<FoldStep> {
     })
 }
 
+/// How much larger than `analytics.batch` a transaction may grow while the refresher is behind.
+pub const CATCH_UP_FACTOR: u32 = 20;
+
+/// The batch for the next step: the numbers waiting past the watermark (`lag_seq`), at least
+/// `batch`, at most `batch × CATCH_UP_FACTOR`. A fold costs per summary row it touches as much
+/// as per row it reads (sql/011_analytics_fold.sql), so folding a backlog in a few large
+/// transactions is several times cheaper than in many small ones.
+pub fn step_batch(batch: u32, lag_seq: i64) -> u32 {
+    let base = batch.max(1);
+    let cap = base.saturating_mul(CATCH_UP_FACTOR);
+    u32::try_from(lag_seq.max(0))
+        .unwrap_or(u32::MAX)
+        .clamp(base, cap)
+}
+
 /// Refreshes in bounded steps until nothing proven safe is left, `budget` is spent, or `stop`
-/// is set; rows of transactions still in flight are left for a later call.
+/// is set; rows of transactions still in flight are left for a later call. Steps fold up to
+/// the backlog, `batch` to `batch × CATCH_UP_FACTOR` rows each (see [`step_batch`]).
 pub async fn refresh(
     pool: &Pool,
     batch: u32,
@@ -160,7 +177,8 @@ pub async fn refresh(
     let start = Instant::now();
     let mut report = RefreshReport::default();
     loop {
-        let step = refresh_step(pool, batch).await?;
+        let backlog = lag(pool).await.map(|l| l.seq).unwrap_or(0);
+        let step = refresh_step(pool, step_batch(batch, backlog)).await?;
         report.add(step);
         let over = budget.is_some_and(|b| start.elapsed() >= b);
         let stopped = stop.is_some_and(|s| *s.borrow());
@@ -170,6 +188,31 @@ pub async fn refresh(
     }
     report.elapsed = start.elapsed();
     Ok(report)
+}
+
+/// How far the summaries are behind the archive (`analytics_lag`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Lag {
+    /// Numbers handed out past the watermark: rows not folded yet (and numbers drawn by
+    /// duplicates that were never written).
+    pub seq: i64,
+    /// Seconds since the views were last known current (0 when nothing is past the watermark).
+    pub seconds: f64,
+}
+
+/// Reads `analytics_lag` (two one-row reads, no scan).
+pub async fn lag(pool: &Pool) -> anyhow::Result<Lag> {
+    let conn = pool
+        .get()
+        .await
+        .context("cannot get a database connection to read the analytics lag")?;
+    let r = one(&conn, "SELECT lag_seq, lag_seconds FROM analytics_lag", &[])
+        .await
+        .context("cannot read analytics_lag")?;
+    Ok(Lag {
+        seq: r.try_get(0)?,
+        seconds: r.try_get(1)?,
+    })
 }
 
 /// Refreshes until every row committed before the call is folded, waiting for the
@@ -186,7 +229,8 @@ pub async fn refresh_all(
     let mut report = RefreshReport::default();
     let mut idle_since = Instant::now();
     loop {
-        let step = refresh_step(pool, batch).await?;
+        let backlog = lag(pool).await.map(|l| l.seq).unwrap_or(0);
+        let step = refresh_step(pool, step_batch(batch, backlog)).await?;
         report.add(step);
         if step.caught_up && !step.waiting {
             break;
@@ -414,9 +458,11 @@ pub async fn status(pool: &Pool) -> anyhow::Result<Status> {
     })
 }
 
-/// Long-running mode: a refresh every `analytics.interval` seconds (bounded transactions, at
-/// most one interval of work per tick) and an orphan cleanup every `analytics.orphan_interval`
-/// seconds, until `stop` is set. Failures are logged and retried at the next tick.
+/// Long-running mode: a refresh every `analytics.interval` seconds and an orphan cleanup every
+/// `analytics.orphan_interval` seconds, until `stop` is set. A refresh folds back-to-back
+/// until it has caught up with every row proven safe, in transactions that grow with the
+/// backlog (see [`step_batch`]), so it keeps up with a bulk load; rows of transactions still
+/// in flight wait for the next tick. Failures are logged and retried at the next tick.
 pub async fn run_forever(
     cfg: &Config,
     pool: &Pool,
@@ -430,7 +476,7 @@ pub async fn run_forever(
     let mut next_cleanup = orphan_every.map(|d| tokio::time::Instant::now() + d);
     loop {
         let tick = tokio::time::Instant::now();
-        match refresh(pool, a.batch, Some(interval), Some(&stop)).await {
+        match refresh(pool, a.batch, None, Some(&stop)).await {
             Ok(r) if r.events + r.sightings + r.snapshots > 0 => {
                 tracing::info!("analytics: {}", r.render().trim_end())
             }

@@ -4,7 +4,8 @@
 //! local relays in their own processes (`bigbrotr testrelay`), archives them into PostgreSQL
 //! (a fresh database on the embedded cluster, or on a given server), checks the result in the
 //! database, and reports throughput next to this machine's verify limit measured in the same
-//! run.
+//! run. The analytics refresher runs beside the sync unless `analytics.enabled = false`; the
+//! report gives its lag when the sync ended and how long it took to fold the rest.
 
 use crate::config::Config;
 use crate::gen::{self, GenEvent, GenSpec};
@@ -16,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// Longest the bench waits after the sync for the analytics refresher to catch up.
+const ANALYTICS_WAIT: Duration = Duration::from_secs(600);
 
 /// What to benchmark.
 #[derive(Debug, Clone)]
@@ -84,6 +88,15 @@ pub struct BenchReport {
     pub verified: u64,
     /// Signatures skipped.
     pub skipped: u64,
+    /// The analytics refresher ran beside the sync (`analytics.enabled`), as in `bigbrotr sync`.
+    pub analytics: bool,
+    /// Numbers past the analytics watermark when the sync ended (rows not folded yet).
+    pub analytics_lag_rows: i64,
+    /// Seconds since the statistics views were last current, when the sync ended.
+    pub analytics_lag_s: f64,
+    /// Seconds after the sync ended until the refresher had folded every row (None: the
+    /// refresher did not run, or did not catch up within the wait).
+    pub analytics_caught_up_s: Option<f64>,
 }
 
 impl BenchReport {
@@ -128,6 +141,16 @@ impl BenchReport {
             .fold(0.0f64, f64::max);
         s.push_str(&format!(
             "over-fetch (received ÷ kept) worst relay {worst:.4}\n"
+        ));
+        s.push_str(&format!(
+            "analytics lag at the end of the sync: {} rows, {:.1}s{}\n",
+            self.analytics_lag_rows,
+            self.analytics_lag_s,
+            match (self.analytics, self.analytics_caught_up_s) {
+                (false, _) => "; refresher off (analytics.enabled = false)".to_string(),
+                (true, Some(t)) => format!("; refresher caught up {t:.1}s after the sync"),
+                (true, None) => "; refresher did not catch up".to_string(),
+            }
         ));
         s
     }
@@ -405,6 +428,15 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
     drop(served);
     drop(events);
 
+    // The analytics refresher beside the sync, as `bigbrotr sync` and `run` run it.
+    let analytics = cfg.analytics.enabled;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let refresher = analytics.then(|| {
+        let (mut acfg, pool) = (cfg.clone(), pool.clone());
+        acfg.analytics.orphan_interval = 0.0;
+        tokio::spawn(async move { crate::analytics::run_forever(&acfg, &pool, stop_rx).await })
+    });
+
     reset_peak_rss();
     let base_rss = rss_mib();
     let busy0 = machine_busy_secs();
@@ -423,6 +455,22 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
     let peak = peak_rss_mib();
     let others_cpu = ((machine_busy_secs() - busy0) - (own_cpu_secs() - own0)).max(0.0);
     drop(children);
+
+    // The analytics lag when the sync ended, and how long the refresher took to fold the rest.
+    let synced = Instant::now();
+    let lag_end = crate::analytics::lag(&pool).await?;
+    let mut caught_up = None;
+    if let Some(task) = refresher {
+        while synced.elapsed() < ANALYTICS_WAIT {
+            if crate::analytics::lag(&pool).await?.seq == 0 {
+                caught_up = Some(synced.elapsed().as_secs_f64());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = stop_tx.send(true);
+        task.await.context("analytics refresher task")??;
+    }
 
     // Check the archive before printing any figure.
     let conn = pool.get().await?;
@@ -443,6 +491,22 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
     }
     if sightings as usize != expected_frames {
         bail!("bench check failed: {sightings} sightings, {expected_frames} expected");
+    }
+    if caught_up.is_some() {
+        let r = conn
+            .query_one(
+                "SELECT (SELECT total_events FROM analytics_state),
+                        (SELECT coalesce(sum(event_count), 0)::BIGINT FROM analytics_relays)",
+                &[],
+            )
+            .await?;
+        let (folded, folded_sightings): (i64, i64) = (r.get(0), r.get(1));
+        if folded != n || folded_sightings != sightings {
+            bail!(
+                "bench check failed: the analytics summaries count {folded} events and \
+                 {folded_sightings} sightings, the archive {n} and {sightings}"
+            );
+        }
     }
     let mut archived = IdSetDigest::default();
     let rows = conn
@@ -521,6 +585,10 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
             .collect(),
         verified: report.verified,
         skipped: report.verify_skipped,
+        analytics,
+        analytics_lag_rows: lag_end.seq,
+        analytics_lag_s: lag_end.seconds,
+        analytics_caught_up_s: caught_up,
     })
 }
 

@@ -21,7 +21,7 @@ const MIGRATION_LOCK_KEY: i64 = 0x6262_7472_6d69_6772;
 const RELAY_CHUNK: usize = 1000;
 
 /// The schema files, in application order.
-static MIGRATIONS: [(i32, &str, &str); 10] = [
+static MIGRATIONS: [(i32, &str, &str); 11] = [
     (
         1,
         "extensions_and_utils",
@@ -47,6 +47,11 @@ static MIGRATIONS: [(i32, &str, &str); 10] = [
         10,
         "sightings_index",
         include_str!("../sql/010_sightings_index.sql"),
+    ),
+    (
+        11,
+        "analytics_fold",
+        include_str!("../sql/011_analytics_fold.sql"),
     ),
 ];
 

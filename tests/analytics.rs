@@ -807,7 +807,7 @@ async fn the_migration_counts_rows_written_before_it() {
     }
     assert_eq!(
         bigbrotr::db::migrate(&pool).await.expect("migrate"),
-        vec![8, 9, 10]
+        vec![8, 9, 10, 11]
     );
     let st = analytics::status(&pool).await.expect("status");
     assert_eq!(st.pending(), 0, "all counted by the initial build: {st:?}");
@@ -1046,5 +1046,72 @@ async fn explain_times_every_view() {
     assert_eq!(
         table.lines().filter(|l| l.starts_with("| ")).count(),
         timings.len() + 1
+    );
+}
+
+/// Rows of `analytics_early_sightings` (sql/011: folded sightings whose event is not folded yet).
+async fn early_sightings(pool: &Pool) -> i64 {
+    pool.get()
+        .await
+        .expect("conn")
+        .query_one("SELECT count(*) FROM analytics_early_sightings", &[])
+        .await
+        .expect("early sightings")
+        .get(0)
+}
+
+/// The set-based fold (sql/011): a sighting folded before its event is remembered and paired
+/// when the event folds, in batches of one row or one large batch, across a rebuild; the lag
+/// counts what is not folded and returns to 0; the batch grows with the backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sightings_folded_before_their_events_are_paired_later() {
+    let (pool, _db) = test_db().await;
+    let conn = pool.get().await.expect("conn");
+    let evs = events(12, "early");
+    for (i, e) in evs.iter().enumerate() {
+        insert_sighting(&*conn, e, "wss://early.example.com").await;
+        if i % 2 == 0 {
+            insert_sighting(&*conn, e, "wss://second.example.com").await;
+        }
+    }
+    let lag = analytics::lag(&pool).await.expect("lag");
+    assert!(lag.seq >= 18, "{lag:?}");
+    assert!(lag.seconds >= 0.0, "{lag:?}");
+    refresh_everything(&pool, 5).await;
+    assert_eq!(early_sightings(&pool).await, 18);
+    assert_exact(&pool, "sightings folded before their events").await;
+
+    // Half the events arrive (insert_event adds the sighting already stored: not written),
+    // folded a row at a time.
+    for e in &evs[..6] {
+        insert_event(&*conn, e, "wss://early.example.com").await;
+    }
+    assert_exact(&pool, "events behind their folded sightings").await;
+    refresh_everything(&pool, 1).await;
+    assert_exact(&pool, "half the events folded").await;
+    assert_eq!(early_sightings(&pool).await, 18 - (6 + 3));
+
+    // A rebuild recomputes what is still waiting for its event.
+    analytics::rebuild(&pool).await.expect("rebuild");
+    assert_eq!(early_sightings(&pool).await, 9);
+    assert_exact(&pool, "after a rebuild").await;
+
+    // The rest, with a new sighting of an event folded before, in one large batch.
+    for e in &evs[6..] {
+        insert_event(&*conn, e, "wss://early.example.com").await;
+    }
+    insert_sighting(&*conn, &evs[1], "wss://third.example.com").await;
+    refresh_everything(&pool, 1_000_000).await;
+    assert_exact(&pool, "every event folded").await;
+    assert_eq!(early_sightings(&pool).await, 0);
+    assert_eq!(totals(&pool).await.0, 12);
+    let lag = analytics::lag(&pool).await.expect("lag");
+    assert_eq!((lag.seq, lag.seconds), (0, 0.0), "{lag:?}");
+
+    assert_eq!(analytics::step_batch(50_000, 0), 50_000);
+    assert_eq!(analytics::step_batch(50_000, 300_000), 300_000);
+    assert_eq!(
+        analytics::step_batch(50_000, i64::MAX),
+        50_000 * analytics::CATCH_UP_FACTOR
     );
 }

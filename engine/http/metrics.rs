@@ -112,11 +112,74 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let registry = s.registry.current(pool).await;
     let mut body = render(&s.engine, registry.as_deref());
     body.push_str(&render_connections(&s.conns));
+    if let Some(lag) = ANALYTICS_LAG.current(&s.pool).await {
+        body.push_str(&render_analytics_lag(&lag));
+    }
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         body,
     )
         .into_response()
+}
+
+/// How often the analytics lag is read again (two one-row reads).
+const LAG_REFRESH: Duration = Duration::from_secs(5);
+
+/// Longest the analytics lag query may take; a scrape never waits longer for it.
+const LAG_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The analytics lag, read at most every `LAG_REFRESH` (one per process: every server of a
+/// process reads the same archive).
+static ANALYTICS_LAG: LagCache = LagCache {
+    data: std::sync::RwLock::new(None),
+    last_attempt: tokio::sync::Mutex::const_new(None),
+};
+
+struct LagCache {
+    data: std::sync::RwLock<Option<crate::analytics::Lag>>,
+    last_attempt: tokio::sync::Mutex<Option<Instant>>,
+}
+
+impl LagCache {
+    /// The lag, read again first when older than `LAG_REFRESH`; concurrent scrapes get the
+    /// previous value. None until a read has succeeded (a database without the migration).
+    async fn current(&self, pool: &Pool) -> Option<crate::analytics::Lag> {
+        if let Ok(mut last) = self.last_attempt.try_lock() {
+            if last.is_none_or(|t| t.elapsed() >= LAG_REFRESH) {
+                *last = Some(Instant::now());
+                match tokio::time::timeout(LAG_TIMEOUT, crate::analytics::lag(pool)).await {
+                    Ok(Ok(v)) => {
+                        if let Ok(mut d) = self.data.write() {
+                            *d = Some(v);
+                        }
+                    }
+                    Ok(Err(e)) => tracing::debug!(error = %e, "analytics lag for /metrics failed"),
+                    Err(_) => tracing::debug!("analytics lag for /metrics timed out"),
+                }
+            }
+        }
+        self.data.read().ok().and_then(|d| *d)
+    }
+}
+
+/// The analytics refresher's lag as two gauges.
+pub fn render_analytics_lag(lag: &crate::analytics::Lag) -> String {
+    let mut e = Expo {
+        out: String::with_capacity(512),
+    };
+    e.single(
+        "bigbrotr_analytics_lag_rows",
+        "gauge",
+        "Rows not folded into the analytics summaries yet (insertion numbers past the watermark).",
+        lag.seq,
+    );
+    e.single(
+        "bigbrotr_analytics_lag_seconds",
+        "gauge",
+        "Seconds since the statistics views were last current (0 when nothing waits to be folded).",
+        format!("{:.3}", lag.seconds),
+    );
+    e.out
 }
 
 /// Writes the exposition text: each family's HELP and TYPE once, then its samples.
