@@ -244,7 +244,7 @@ pub struct Sync {
     pub since: i64,
     /// Only these kinds (empty = all).
     pub kinds: Vec<u16>,
-    /// Relays synced at once.
+    /// Relays backfilling at once (a relay gone live gives its slot back).
     pub max_parallel: usize,
     /// Consecutive failures before a relay is given up for this pass.
     pub max_failures: u32,

@@ -364,8 +364,10 @@ impl<'p> Supervisor<'p> {
             let sem = self.sem.clone();
             let key = k.clone();
             self.tasks.spawn(async move {
-                let _permit = sem.acquire_owned().await;
-                (key, gen, conn.run().await)
+                // `sync.max_parallel` bounds the backfills; the connector gives its slot back
+                // when it goes live, so live relays never starve the ones still waiting.
+                let slot = sem.acquire_owned().await.ok();
+                (key, gen, conn.with_backfill_slot(slot).run().await)
             });
             self.running_dirty = true;
         }

@@ -13,8 +13,8 @@
 //! [200], SOAK_RATE events/s published [20], SOAK_RESTART_EVERY s [12], SOAK_RESTARTS relays
 //! per round [relays/25, at least 1], SOAK_SAMPLE_EVERY s [15, or 60 past 10 minutes],
 //! SOAK_WARMUP s [30, or 300 past 10 minutes], SOAK_FINAL_WAIT s [60 + relays/10],
-//! SOAK_MAX_PARALLEL (`sync.max_parallel`) [relays + 16: in `run` a live connector holds its
-//! slot for good, so relays beyond it would never be read].
+//! SOAK_MAX_PARALLEL (`sync.max_parallel`) [relays / 2, at least 1: fewer backfill slots than
+//! relays, so every relay beyond them must get its turn once the first ones go live].
 
 mod common;
 
@@ -77,7 +77,7 @@ impl Settings {
             sample_every: env_num("SOAK_SAMPLE_EVERY", if long { 60 } else { 15 }).max(1),
             warmup: env_num("SOAK_WARMUP", if long { 300 } else { 30 }),
             final_wait: env_num("SOAK_FINAL_WAIT", 60 + relays as u64 / 10),
-            max_parallel: env_num("SOAK_MAX_PARALLEL", relays as u64 + 16) as usize,
+            max_parallel: env_num("SOAK_MAX_PARALLEL", (relays as u64 / 2).max(1)) as usize,
         }
     }
 }

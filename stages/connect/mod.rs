@@ -194,6 +194,9 @@ pub struct Connector {
     claim_cap: Option<i64>,
     /// When the backfill must be over (`relay_timeout`), checked inside the connection.
     deadline: Option<tokio::time::Instant>,
+    /// A slot among the relays backfilling at once, held until the live phase begins: a live
+    /// subscription lasts forever and must not keep other relays from their backfill.
+    backfill_slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl Connector {
@@ -215,7 +218,15 @@ impl Connector {
             claimed: None,
             claim_cap: None,
             deadline: None,
+            backfill_slot: None,
         }
+    }
+
+    /// Holds `slot` (one of the parallel backfills) until the backfill ends and live begins,
+    /// or the run ends.
+    pub fn with_backfill_slot(mut self, slot: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
+        self.backfill_slot = slot;
+        self
     }
 
     fn stopped(&self) -> bool {
@@ -407,6 +418,7 @@ impl Connector {
                             // end, and the catch-up walks after a reconnect are bounded by the
                             // idle and progress timeouts alone.
                             self.deadline = None;
+                            self.backfill_slot = None;
                             return self.live(sess, pos).await;
                         }
                         return Ok(());
