@@ -458,6 +458,36 @@ pub async fn status(pool: &Pool) -> anyhow::Result<Status> {
     })
 }
 
+/// One tick of [`run_forever`]: refreshes until caught up; when the only rows left wait for
+/// the sink's in-flight transaction (a candidate bound was just taken), polls until it commits
+/// (at most a fifth of the interval), so a tick folds what was written up to about its start
+/// rather than up to the previous tick.
+async fn refresh_tick(
+    pool: &Pool,
+    batch: u32,
+    interval: Duration,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<RefreshReport> {
+    let start = Instant::now();
+    let mut total = RefreshReport::default();
+    loop {
+        let r = refresh(pool, batch, None, Some(stop)).await?;
+        total.steps += r.steps;
+        total.events += r.events;
+        total.sightings += r.sightings;
+        total.snapshots += r.snapshots;
+        total.caught_up = r.caught_up;
+        total.waiting = r.waiting;
+        let folded = r.events + r.sightings + r.snapshots > 0;
+        if folded || !r.waiting || *stop.borrow() || start.elapsed() >= interval / 5 {
+            break;
+        }
+        tokio::time::sleep(WAIT_POLL).await;
+    }
+    total.elapsed = start.elapsed();
+    Ok(total)
+}
+
 /// Long-running mode: a refresh every `analytics.interval` seconds and an orphan cleanup every
 /// `analytics.orphan_interval` seconds, until `stop` is set. A refresh folds back-to-back
 /// until it has caught up with every row proven safe, in transactions that grow with the
@@ -476,7 +506,7 @@ pub async fn run_forever(
     let mut next_cleanup = orphan_every.map(|d| tokio::time::Instant::now() + d);
     loop {
         let tick = tokio::time::Instant::now();
-        match refresh(pool, a.batch, None, Some(&stop)).await {
+        match refresh_tick(pool, a.batch, interval, &stop).await {
             Ok(r) if r.events + r.sightings + r.snapshots > 0 => {
                 tracing::info!("analytics: {}", r.render().trim_end())
             }

@@ -41,14 +41,34 @@
 -- deletion path, analytics_apply_events with sign -1, is unchanged).
 --
 -- The lag (analytics_lag): numbers handed out past the watermark, and the
--- seconds since the views were last known current: analytics_state.current_at
--- is the start of the latest refresh that folded every number handed out
--- before it began (0 seconds when nothing is past the watermark).
+-- age of the oldest row not folded yet, bounded from above by the refresher's
+-- marks: each refresh records (the last number handed out, the time); a row
+-- numbered past a mark was written after its time, so the oldest unfolded
+-- row (watermark + 1) is younger than the newest mark at or below the
+-- watermark (0 seconds when nothing is past the watermark).
 -- =============================================================================
 
 SELECT pg_advisory_xact_lock(analytics_lock_key());
 
-ALTER TABLE analytics_state ADD COLUMN current_at DOUBLE PRECISION NULL;
+-- (seq, at): at time `at` (Unix seconds) the last number handed out was seq.
+CREATE TABLE analytics_seq_marks (
+    seq  BIGINT            PRIMARY KEY,
+    at   DOUBLE PRECISION  NOT NULL
+);
+
+COMMENT ON TABLE analytics_seq_marks IS
+    'Refresher marks (last number handed out, time) behind analytics_lag.lag_seconds';
+
+-- The last refresh before this migration is the best mark known for the
+-- watermark; now, for the last number handed out.
+INSERT INTO analytics_seq_marks (seq, at)
+SELECT st.watermark, coalesce(st.refreshed_at, st.rebuilt_at, now_epoch())::DOUBLE PRECISION
+FROM analytics_state AS st;
+INSERT INTO analytics_seq_marks (seq, at)
+SELECT CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END,
+       extract(epoch FROM now())::DOUBLE PRECISION
+FROM analytics_seq AS s
+ON CONFLICT (seq) DO NOTHING;
 
 -- Folded sightings whose event was not folded at the time (missing, or
 -- numbered past the watermark): the fold that brings the event pairs them
@@ -83,6 +103,11 @@ CREATE OR REPLACE FUNCTION analytics_fold(
     OUT snapshots_folded  BIGINT
 )
 LANGUAGE plpgsql
+-- Plans for the batch's actual range: after five calls plpgsql may switch to a
+-- generic plan, whose default estimate for an ingest_seq range (a few rows)
+-- turns the joins of the batch's halves into nested loops over CTE scans,
+-- quadratic in the batch (a 440,000-row fold ran for minutes).
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     v_urls  TEXT[];
@@ -307,7 +332,7 @@ BEGIN
     v_safe := v_state.safe_seq;
     v_seq := v_state.pending_seq;
     v_xid := v_state.pending_xid;
-    -- The last number handed out when this refresh began (for current_at).
+    -- The last number handed out when this refresh began (a mark for analytics_lag).
     SELECT CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END
     INTO v_start FROM analytics_seq AS s;
 
@@ -377,10 +402,13 @@ BEGIN
         safe_seq = v_safe,
         pending_seq = v_seq,
         pending_xid = v_xid,
-        refreshed_at = now_epoch(),
-        current_at = CASE WHEN v_wm >= v_start
-                          THEN extract(epoch FROM now())::DOUBLE PRECISION
-                          ELSE current_at END;
+        refreshed_at = now_epoch();
+    INSERT INTO analytics_seq_marks AS t (seq, at)
+    VALUES (v_start, extract(epoch FROM now())::DOUBLE PRECISION)
+    ON CONFLICT (seq) DO UPDATE SET at = greatest(t.at, EXCLUDED.at);
+    -- Only the newest mark at or below the watermark is still needed.
+    DELETE FROM analytics_seq_marks
+    WHERE seq < (SELECT max(m.seq) FROM analytics_seq_marks AS m WHERE m.seq <= v_wm);
     caught_up := v_wm >= v_safe;
     waiting := v_seq IS NOT NULL;
 END
@@ -396,7 +424,9 @@ CREATE OR REPLACE VIEW analytics_lag AS
 SELECT greatest(q.last_seq - st.watermark, 0)::BIGINT AS lag_seq,
        CASE WHEN q.last_seq <= st.watermark THEN 0::DOUBLE PRECISION
             ELSE greatest(extract(epoch FROM clock_timestamp())::DOUBLE PRECISION
-                          - coalesce(st.current_at, st.refreshed_at, st.rebuilt_at, 0), 0)
+                          - coalesce((SELECT max(m.at) FROM analytics_seq_marks AS m
+                                      WHERE m.seq <= st.watermark),
+                                     (SELECT min(m.at) FROM analytics_seq_marks AS m), 0), 0)
        END AS lag_seconds,
        st.watermark,
        q.last_seq
@@ -409,8 +439,8 @@ CROSS JOIN (
 COMMENT ON VIEW analytics_lag IS
     'Analytics refresher lag: numbers past the watermark and seconds since the views were last current';
 
--- As in 009, and it also recomputes analytics_early_sightings and marks the
--- views current.
+-- As in 009, and it also recomputes analytics_early_sightings and leaves one
+-- mark (the views are current).
 CREATE OR REPLACE FUNCTION analytics_rebuild()
 RETURNS BIGINT
 LANGUAGE plpgsql
@@ -496,8 +526,10 @@ BEGIN
         unique_pubkeys = (SELECT count(*) FROM analytics_pubkeys),
         unique_kinds = (SELECT count(*) FROM analytics_kinds),
         refreshed_at = now_epoch(),
-        rebuilt_at = now_epoch(),
-        current_at = extract(epoch FROM now())::DOUBLE PRECISION;
+        rebuilt_at = now_epoch();
+    DELETE FROM analytics_seq_marks;
+    INSERT INTO analytics_seq_marks (seq, at)
+    VALUES (v_seq, extract(epoch FROM now())::DOUBLE PRECISION);
     RETURN v_events;
 END
 $$;
@@ -505,15 +537,11 @@ $$;
 COMMENT ON FUNCTION analytics_rebuild() IS
     'Recomputes all analytics summaries from the base tables (blocks ingestion while it runs); returns events counted';
 
-UPDATE analytics_state
-SET current_at = extract(epoch FROM now())::DOUBLE PRECISION
-WHERE watermark >= (SELECT CASE WHEN s.is_called THEN s.last_value ELSE s.last_value - 1 END
-                    FROM analytics_seq AS s);
-
 DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'bigbrotr_reader') THEN
-        GRANT SELECT ON analytics_lag, analytics_seq, analytics_early_sightings TO bigbrotr_reader;
+        GRANT SELECT ON analytics_lag, analytics_seq, analytics_seq_marks, analytics_early_sightings
+            TO bigbrotr_reader;
     END IF;
 EXCEPTION
     WHEN insufficient_privilege THEN
