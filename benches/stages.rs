@@ -46,10 +46,9 @@ fn bench_parse(c: &mut Criterion) {
         b.iter(|| {
             let mut n = 0usize;
             for f in &fr {
-                buf.clear();
-                buf.extend_from_slice(f);
+                // The connector's path: depth scan, then simd-json.
                 if let Ok(simd_json::BorrowedValue::Array(a)) =
-                    simd_json::to_borrowed_value_with_buffers(&mut buf, &mut buffers)
+                    bigbrotr::stages::connect::message::decode(f, &mut buf, &mut buffers)
                 {
                     if let Some(Ok(r)) = a.get(2).map(EventRef::from_value) {
                         n += r.to_owned_event(&mut scratch).content.len();
@@ -57,6 +56,14 @@ fn bench_parse(c: &mut Criterion) {
                 }
             }
             n
+        })
+    });
+    // The depth bound alone (what every untrusted document pays before it is parsed).
+    g.bench_function("depth_scan", |b| {
+        b.iter(|| {
+            fr.iter()
+                .filter(|f| bigbrotr::stages::model::json::check_depth(f).is_ok())
+                .count()
         })
     });
     g.finish();

@@ -4,8 +4,8 @@
 //! `[[[[…]]]]` nested 10,000 levels deep overflowed the stack and aborted the whole process.
 //! No parser we use offers a depth limit on that path, so every untrusted document — relay
 //! frames, NIP-11 documents, HTTP relay lists, DVM requests — is scanned once for its nesting
-//! depth first. The scan is iterative, skips string bodies with `memchr`, and costs a small
-//! fraction of the parse it guards.
+//! depth first. A document with no more opening brackets than the limit passes after one
+//! SIMD count; others get an iterative scan that skips string bodies with `memchr`.
 
 /// Deepest nesting accepted from the network. A relay message is at most 4 levels deep
 /// (`["EVENT", sub, {"tags": [[…]]}]`), a NIP-11 document about 4; 32 leaves room for
@@ -84,6 +84,14 @@ pub fn check(bytes: &[u8], max_bytes: usize, max_depth: usize) -> Result<(), Bou
             size: bytes.len(),
             max: max_bytes,
         });
+    }
+    // Nesting can never exceed the number of opening brackets, and `memchr` finds them with
+    // SIMD: most relay frames (a few tags) are cleared here without the string-aware scan.
+    if memchr::memchr2_iter(b'[', b'{', bytes)
+        .nth(max_depth)
+        .is_none()
+    {
+        return Ok(());
     }
     if depth_exceeding(bytes, max_depth) > max_depth {
         return Err(BoundError::TooDeep { max: max_depth });
@@ -165,6 +173,14 @@ mod tests {
         fn depth_matches_a_parser(v in json_value()) {
             let text = serde_json::to_string(&v).unwrap();
             prop_assert_eq!(depth_exceeding(text.as_bytes(), usize::MAX), serde_depth(&v));
+        }
+
+        /// The bracket-count shortcut and the scan agree on every valid document.
+        #[test]
+        fn the_shortcut_agrees_with_the_scan(v in json_value(), max in 0usize..14) {
+            let text = serde_json::to_string(&v).unwrap();
+            let deep = depth_exceeding(text.as_bytes(), max) > max;
+            prop_assert_eq!(check(text.as_bytes(), usize::MAX, max).is_err(), deep);
         }
 
         /// Arbitrary bytes never panic the scan, and whatever it admits simd-json parses
