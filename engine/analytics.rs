@@ -196,7 +196,8 @@ pub struct Lag {
     /// Numbers handed out past the watermark: rows not folded yet (and numbers drawn by
     /// duplicates that were never written).
     pub seq: i64,
-    /// Seconds since the views were last known current (0 when nothing is past the watermark).
+    /// Age in seconds of the oldest row not folded yet, an upper bound from the refresher's
+    /// marks (0 when nothing is past the watermark).
     pub seconds: f64,
 }
 

@@ -92,7 +92,7 @@ pub struct BenchReport {
     pub analytics: bool,
     /// Numbers past the analytics watermark when the sync ended (rows not folded yet).
     pub analytics_lag_rows: i64,
-    /// Seconds since the statistics views were last current, when the sync ended.
+    /// Age in seconds of the oldest row not folded yet when the sync ended (upper bound).
     pub analytics_lag_s: f64,
     /// Seconds after the sync ended until the refresher had folded every row (None: the
     /// refresher did not run, or did not catch up within the wait).

@@ -176,7 +176,7 @@ pub fn render_analytics_lag(lag: &crate::analytics::Lag) -> String {
     e.single(
         "bigbrotr_analytics_lag_seconds",
         "gauge",
-        "Seconds since the statistics views were last current (0 when nothing waits to be folded).",
+        "Age in seconds of the oldest row not folded yet (upper bound; 0 when nothing waits).",
         format!("{:.3}", lag.seconds),
     );
     e.out
