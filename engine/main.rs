@@ -210,7 +210,12 @@ fn main() -> std::process::ExitCode {
     // and say what it is (http.max_connections is clamped to a quarter of it).
     match bigbrotr::http::server::raise_nofile_limit() {
         Ok((before, after, hard)) => {
-            tracing::info!(soft_before = before, soft = after, hard, "file-descriptor limit")
+            tracing::info!(
+                soft_before = before,
+                soft = after,
+                hard,
+                "file-descriptor limit"
+            )
         }
         Err(e) => tracing::warn!(error = %e, "cannot raise the file-descriptor limit"),
     }

@@ -103,7 +103,9 @@ fn raise_nofile() -> u64 {
         r.rlim_cur = r.rlim_max;
         libc::setrlimit(libc::RLIMIT_NOFILE, &r);
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
-        r.rlim_cur as u64
+        #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
+        let cur = r.rlim_cur as u64;
+        cur
     }
 }
 
@@ -489,8 +491,11 @@ fn proc_sample(pid: u32) -> Option<(u64, f64, u64, usize)> {
     Some((rss, ticks as f64 / hz, threads, fds))
 }
 
+/// Named metric values.
+type Figures = Vec<(String, f64)>;
+
 /// Sums of a few engine counters from /metrics (over relays), and rejections by reason.
-fn metrics_digest(text: &str) -> (Vec<(String, f64)>, Vec<(String, f64)>) {
+fn metrics_digest(text: &str) -> (Figures, Figures) {
     let wanted = [
         "bigbrotr_relay_connects_total",
         "bigbrotr_relay_failures_total",
