@@ -767,7 +767,15 @@ impl Connector {
         let mut progress_by = tokio::time::Instant::now() + self.cfg.idle_timeout;
         let mut last_progress = (0u64, 0usize);
         loop {
-            let wait_until = self.wait_limit(progress_by)?;
+            // One clock read a frame: it both moves the idle clock (only an answer to the
+            // request does: events in range, new or repeated at the boundary; pings, notices
+            // and out-of-range events do not) and checks it.
+            let now = tokio::time::Instant::now();
+            if (w.emitted, w.in_range) != last_progress {
+                last_progress = (w.emitted, w.in_range);
+                progress_by = now + self.cfg.idle_timeout;
+            }
+            let wait_until = self.wait_limit(now, progress_by)?;
             let next = match Self::ready_frame(sess) {
                 Some(m) => Ok(m),
                 None => {
@@ -806,20 +814,16 @@ impl Connector {
                 Action::Eose => return Ok(()),
                 Action::Closed(m) => return Err(Self::closed_fail(m)),
             }
-            // Only an answer to the request moves the idle clock: events in range (new or
-            // repeated at the boundary). Pings, notices and out-of-range events do not.
-            let now_progress = (w.emitted, w.in_range);
-            if now_progress != last_progress {
-                last_progress = now_progress;
-                progress_by = tokio::time::Instant::now() + self.cfg.idle_timeout;
-            }
         }
     }
 
     /// The latest instant a wait may last: the progress deadline or the pass deadline,
     /// whichever is first; an error once either has passed.
-    fn wait_limit(&self, progress_by: tokio::time::Instant) -> Result<tokio::time::Instant, Fail> {
-        let now = tokio::time::Instant::now();
+    fn wait_limit(
+        &self,
+        now: tokio::time::Instant,
+        progress_by: tokio::time::Instant,
+    ) -> Result<tokio::time::Instant, Fail> {
         if let Some(d) = self.deadline {
             if now >= d {
                 return Err(Fail::Deadline);
@@ -854,7 +858,7 @@ impl Connector {
         // One event and EOSE are asked for: the whole answer gets one idle period.
         let answer_by = tokio::time::Instant::now() + self.cfg.idle_timeout;
         loop {
-            let wait_until = self.wait_limit(answer_by)?;
+            let wait_until = self.wait_limit(tokio::time::Instant::now(), answer_by)?;
             let next = tokio::select! {
                 _ = self.stop.changed() => return Err(Fail::Stop),
                 r = tokio::time::timeout_at(wait_until, sess.ws.next()) => r,
