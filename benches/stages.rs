@@ -134,6 +134,7 @@ fn bench_dedupe_batch(c: &mut Criterion) {
                             epoch: 0,
                         },
                         seen_at: 0,
+                        created_at: e.created_at,
                     })
                     .collect::<Vec<_>>()
             },

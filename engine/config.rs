@@ -258,6 +258,12 @@ pub struct Sync {
     pub live_checkpoint: f64,
     /// Accept loopback/private relay addresses (tests, benches, private deployments).
     pub allow_local: bool,
+    /// Reconcile with NIP-77 before walking, where the relay speaks it.
+    pub reconcile: bool,
+    /// Download bodies the archive already holds from other relays anyway.
+    pub fetch_known_bodies: bool,
+    /// Relays without NIP-77: seconds below the cursor walked again each pass (0 = off).
+    pub recheck_horizon: f64,
     /// Per-network timeouts.
     pub timeouts: NetworkTimeouts,
     /// Per-relay overrides.
@@ -277,6 +283,9 @@ impl Default for Sync {
             interval: 900.0,
             live_checkpoint: 60.0,
             allow_local: false,
+            reconcile: true,
+            fetch_known_bodies: false,
+            recheck_horizon: 86_400.0,
             timeouts: NetworkTimeouts::default(),
             overrides: Vec::new(),
         }
@@ -1122,6 +1131,7 @@ impl Config {
         let mut keys: Vec<(String, f64, Zero)> = vec![
             ("sync.interval".into(), s.interval, Allowed),
             ("sync.live_checkpoint".into(), s.live_checkpoint, Allowed),
+            ("sync.recheck_horizon".into(), s.recheck_horizon, Allowed),
             ("finder.http_timeout".into(), fnd.http_timeout, Refused),
             (
                 "finder.validate_timeout".into(),
@@ -1223,6 +1233,9 @@ impl Config {
             max_event_bytes: self.sync.max_event_bytes,
             max_failures: self.sync.max_failures,
             live_checkpoint: secs(self.sync.live_checkpoint.max(1.0)),
+            reconcile: self.sync.reconcile,
+            fetch_known_bodies: self.sync.fetch_known_bodies,
+            recheck_horizon: self.sync.recheck_horizon as i64,
             transport: TransportConfig {
                 max_message_bytes: self.net.max_message_bytes,
                 max_frame_bytes: self.net.max_frame_bytes,

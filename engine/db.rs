@@ -21,7 +21,7 @@ const MIGRATION_LOCK_KEY: i64 = 0x6262_7472_6d69_6772;
 const RELAY_CHUNK: usize = 1000;
 
 /// The schema files, in application order.
-static MIGRATIONS: [(i32, &str, &str); 11] = [
+static MIGRATIONS: [(i32, &str, &str); 12] = [
     (
         1,
         "extensions_and_utils",
@@ -53,6 +53,7 @@ static MIGRATIONS: [(i32, &str, &str); 11] = [
         "analytics_fold",
         include_str!("../sql/011_analytics_fold.sql"),
     ),
+    (12, "reconcile", include_str!("../sql/012_reconcile.sql")),
 ];
 
 /// Opens a pool of `size` connections to `url` (a libpq-style key=value string or a postgres:// URL); fails fast with a message naming the URL (password masked) if the server is unreachable.

@@ -16,7 +16,7 @@
 
 use crate::config::Config;
 use crate::db::Pool;
-use bigbrotr_stages::connect::{Connector, SyncConfig};
+use bigbrotr_stages::connect::{Archive, Connector, SyncConfig};
 use bigbrotr_stages::dedupe::{Dedupe, DedupeStats};
 use bigbrotr_stages::model::{RawEvent, Relay, CHUNK};
 use bigbrotr_stages::sink::SinkStats;
@@ -43,6 +43,8 @@ pub struct Stats {
 /// A running pipeline: hand it connectors, then `finish` it.
 pub struct Pipeline {
     raw_tx: flume::Sender<Vec<RawEvent>>,
+    /// What reconciliation reads, shared by every connector (one in-flight id set).
+    archive: Arc<Archive>,
     cursor_tx: flume::Sender<Relay>,
     stop_tx: watch::Sender<bool>,
     verify_threads: Vec<std::thread::JoinHandle<()>>,
@@ -88,6 +90,7 @@ impl Pipeline {
         let dedupe_stats = dedupe.stats.clone();
         let sink_stats = Arc::new(SinkStats::default());
 
+        let archive = Archive::new(pool.clone());
         let tasks = vec![
             tokio::spawn(dedupe.run(verified_rx.clone(), item_tx)),
             tokio::spawn(batch::run(cfg.batch(), item_rx.clone(), batch_tx)),
@@ -116,6 +119,7 @@ impl Pipeline {
         });
         Pipeline {
             raw_tx,
+            archive,
             cursor_tx,
             stop_tx,
             verify_threads: pool_v.threads,
@@ -138,6 +142,7 @@ impl Pipeline {
             self.cursor_tx.clone(),
             self.stop_tx.subscribe(),
         )
+        .with_archive(Some(self.archive.clone()))
     }
 
     /// A connector for `relay` that stops when `stop` turns true (or its sender is dropped),
@@ -155,6 +160,7 @@ impl Pipeline {
             self.cursor_tx.clone(),
             stop,
         )
+        .with_archive(Some(self.archive.clone()))
     }
 
     /// Asks every connector to stop (they close their windows without advancing cursors).

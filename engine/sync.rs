@@ -6,7 +6,7 @@ use crate::db::Pool;
 use crate::pipeline::Pipeline;
 use crate::state::EngineState;
 use bigbrotr_stages::connect::Outcome;
-use bigbrotr_stages::model::{CursorState, Relay, RelayCtx, RelayUrl};
+use bigbrotr_stages::model::{CursorState, Fallback, Relay, RelayCtx, RelayUrl};
 use bigbrotr_stages::sink::CURSOR_SERVICE;
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -49,6 +49,26 @@ pub struct RelayReport {
     pub reqs: u64,
     /// Rejections by reason.
     pub rejections: Vec<(&'static str, u64)>,
+    /// Bytes of every frame received.
+    pub bytes_received: u64,
+    /// NIP-77 messages sent (0: the relay was walked).
+    pub neg_rounds: u64,
+    /// Bytes of NIP-77 frames sent and received.
+    pub neg_bytes: u64,
+    /// Ids the relay holds that were not recorded for it.
+    pub neg_missing: u64,
+    /// Ids recorded for the relay that it no longer holds.
+    pub neg_extra: u64,
+    /// Events fetched by id after reconciliation.
+    pub bodies_fetched: u64,
+    /// Sightings recorded without a download.
+    pub sightings_without_body: u64,
+    /// Ids claimed by the relay and not served.
+    pub ids_unserved: u64,
+    /// Fallbacks from reconciliation to the walk, by reason.
+    pub neg_fallbacks: Vec<(&'static str, u64)>,
+    /// Bytes received re-walking the recent horizon (relays without NIP-77).
+    pub recheck_bytes: u64,
 }
 
 /// The result of a pass.
@@ -58,7 +78,7 @@ pub struct SyncReport {
     pub relays: Vec<RelayReport>,
     /// New rows in `events`.
     pub events_inserted: u64,
-    /// New rows in `events_relays`.
+    /// New rows in `events_relays`, those recorded by reconciliation without a body included.
     pub sightings_inserted: u64,
     /// Signatures verified in total.
     pub verified: u64,
@@ -125,6 +145,34 @@ impl SyncReport {
                     format!("; rejected {}", rej.join(" "))
                 }
             ));
+            if r.neg_rounds > 0 && r.neg_fallbacks.is_empty() {
+                s.push_str(&format!(
+                    "    reconciled (NIP-77): {} rounds, {} bytes; missing {} (fetched {}, known {}, unserved {}), extra {}\n",
+                    r.neg_rounds,
+                    r.neg_bytes,
+                    r.neg_missing,
+                    r.bodies_fetched,
+                    r.sightings_without_body,
+                    r.ids_unserved,
+                    r.neg_extra,
+                ));
+            }
+            let fb: Vec<String> = r
+                .neg_fallbacks
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            if !fb.is_empty() || r.recheck_bytes > 0 {
+                s.push_str(&format!(
+                    "    walked without NIP-77{}; recheck {} bytes\n",
+                    if fb.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", fb.join(" "))
+                    },
+                    r.recheck_bytes,
+                ));
+            }
         }
         s
     }
@@ -166,6 +214,20 @@ fn report(relay: &Relay, outcome: Outcome) -> RelayReport {
         verify_skipped: s.verify_skipped.load(Relaxed),
         reqs: s.reqs.load(Relaxed),
         rejections: s.rejections(),
+        bytes_received: s.bytes_received.load(Relaxed),
+        neg_rounds: s.neg_rounds.load(Relaxed),
+        neg_bytes: s.neg_bytes_sent.load(Relaxed) + s.neg_bytes_received.load(Relaxed),
+        neg_missing: s.neg_missing.load(Relaxed),
+        neg_extra: s.neg_extra.load(Relaxed),
+        bodies_fetched: s.bodies_fetched.load(Relaxed),
+        sightings_without_body: s.sightings_without_body.load(Relaxed),
+        ids_unserved: s.ids_unserved.load(Relaxed),
+        neg_fallbacks: Fallback::ALL
+            .iter()
+            .map(|&f| (f.as_str(), s.fallbacks(f)))
+            .filter(|(_, n)| *n > 0)
+            .collect(),
+        recheck_bytes: s.recheck_bytes.load(Relaxed),
     }
 }
 
@@ -353,7 +415,11 @@ pub async fn sync_once(
             .map(|(c, o)| report(c, o))
             .collect(),
         events_inserted: stats.sink.events_inserted.load(Relaxed),
-        sightings_inserted: stats.sink.sightings_inserted.load(Relaxed),
+        sightings_inserted: stats.sink.sightings_inserted.load(Relaxed)
+            + ctxs
+                .iter()
+                .map(|c| c.stats.sightings_without_body.load(Relaxed))
+                .sum::<u64>(),
         verified: stats.verify.verified.load(Relaxed),
         verify_skipped: stats.verify.skipped.load(Relaxed),
         verify_busy: Duration::from_nanos(stats.verify.busy_ns.load(Relaxed)),

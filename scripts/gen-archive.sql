@@ -140,13 +140,14 @@ BEGIN
             FROM c
             ON CONFLICT (id) DO NOTHING
         )
-        INSERT INTO events_relays (event_id, relay_url, seen_at)
+        INSERT INTO events_relays (event_id, relay_url, seen_at, created_at)
         SELECT c.id,
                -- The author's j-th home relay (j < 5), drawn towards the popular ones.
                v_urls[1 + floor(v_relays * power(
                    ((hashint8(c.author * 8 + floor(random() * 5)::BIGINT)::BIGINT & 2147483647)
                     / 2147483648.0), 3))::INT],
-               c.created_at + floor(random() * 600)::BIGINT
+               c.created_at + floor(random() * 600)::BIGINT,
+               c.created_at
         FROM c
         CROSS JOIN generate_series(1, 3) AS s (k)
         WHERE s.k <= c.nsight

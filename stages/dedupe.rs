@@ -100,6 +100,7 @@ impl Dedupe {
             id: v.event.id,
             ticket: v.ticket,
             seen_at: v.seen_at,
+            created_at: v.event.created_at,
         };
         if self.ids.insert(key) {
             self.stats.bodies.fetch_add(1, Relaxed);

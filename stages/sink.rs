@@ -92,7 +92,7 @@ fn strip_nul_json(json: &str) -> String {
 
 const CREATE_STAGING: &str = "\
 CREATE TEMP TABLE bb_stage_events (id bytea, pubkey bytea, created_at int8, kind int4, tags jsonb, content text, sig bytea, raw_canonical text) ON COMMIT DROP;
-CREATE TEMP TABLE bb_stage_sightings (event_id bytea, relay_url text, seen_at int8) ON COMMIT DROP;";
+CREATE TEMP TABLE bb_stage_sightings (event_id bytea, relay_url text, seen_at int8, created_at int8) ON COMMIT DROP;";
 
 const EVENT_TYPES: [Type; 8] = [
     Type::BYTEA,
@@ -104,7 +104,7 @@ const EVENT_TYPES: [Type; 8] = [
     Type::BYTEA,
     Type::TEXT,
 ];
-const SIGHTING_TYPES: [Type; 3] = [Type::BYTEA, Type::TEXT, Type::INT8];
+const SIGHTING_TYPES: [Type; 4] = [Type::BYTEA, Type::TEXT, Type::INT8, Type::INT8];
 
 async fn copy_event(
     w: std::pin::Pin<&mut BinaryCopyInWriter>,
@@ -171,14 +171,19 @@ async fn copy_direct(
     // A relay that sends an event twice puts the same sighting twice in a batch.
     let mut pairs: HashSet<([u8; 32], usize)> = HashSet::with_capacity(batch.sightings.len());
     let sink = tx
-        .copy_in("COPY events_relays (event_id, relay_url, seen_at) FROM STDIN (FORMAT binary)")
+        .copy_in("COPY events_relays (event_id, relay_url, seen_at, created_at) FROM STDIN (FORMAT binary)")
         .await?;
     let w = BinaryCopyInWriter::new(sink, &SIGHTING_TYPES);
     tokio::pin!(w);
     for s in &batch.sightings {
         if pairs.insert((s.id, Arc::as_ptr(&s.ticket.relay) as usize)) {
             w.as_mut()
-                .write(&[&&s.id[..], &s.ticket.relay.url.as_str(), &s.seen_at])
+                .write(&[
+                    &&s.id[..],
+                    &s.ticket.relay.url.as_str(),
+                    &s.seen_at,
+                    &s.created_at,
+                ])
                 .await?;
         }
     }
@@ -261,7 +266,12 @@ async fn write_staged(
     tokio::pin!(w);
     for s in &batch.sightings {
         w.as_mut()
-            .write(&[&&s.id[..], &s.ticket.relay.url.as_str(), &s.seen_at])
+            .write(&[
+                &&s.id[..],
+                &s.ticket.relay.url.as_str(),
+                &s.seen_at,
+                &s.created_at,
+            ])
             .await?;
     }
     w.finish().await?;
@@ -278,8 +288,8 @@ async fn write_staged(
     };
     let sightings = tx
         .execute(
-            "INSERT INTO events_relays (event_id, relay_url, seen_at) \
-             SELECT event_id, relay_url, seen_at FROM bb_stage_sightings \
+            "INSERT INTO events_relays (event_id, relay_url, seen_at, created_at) \
+             SELECT event_id, relay_url, seen_at, created_at FROM bb_stage_sightings \
              ON CONFLICT (event_id, relay_url) DO NOTHING",
             &[],
         )

@@ -122,6 +122,7 @@ async fn direct_copy_falls_back_when_rows_exist() {
                     epoch: 0,
                 },
                 seen_at: 1,
+                created_at: e.created_at,
             })
             .collect();
         Batch { events, sightings }

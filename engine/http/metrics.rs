@@ -8,7 +8,7 @@ use crate::state::EngineState;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
-use bigbrotr_stages::model::stats::Reason;
+use bigbrotr_stages::model::stats::{Fallback, Reason};
 use bigbrotr_stages::model::{Network, RelayUrl};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -246,7 +246,7 @@ type RelayCounter = (
 );
 
 /// The per-relay counters, in output order.
-const RELAY_COUNTERS: [RelayCounter; 12] = [
+const RELAY_COUNTERS: [RelayCounter; 22] = [
     (
         "bigbrotr_relay_frames_total",
         "WebSocket frames received from the relay.",
@@ -306,6 +306,56 @@ const RELAY_COUNTERS: [RelayCounter; 12] = [
         "bigbrotr_relay_failures_total",
         "Connection or protocol failures of the relay (timeouts, disconnects, oversized frames).",
         |s| load(&s.failures),
+    ),
+    (
+        "bigbrotr_relay_bytes_received_total",
+        "Bytes of every frame received from the relay.",
+        |s| load(&s.bytes_received),
+    ),
+    (
+        "bigbrotr_relay_neg_rounds_total",
+        "NIP-77 messages sent to the relay (NEG-OPEN and NEG-MSG).",
+        |s| load(&s.neg_rounds),
+    ),
+    (
+        "bigbrotr_relay_neg_bytes_sent_total",
+        "Bytes of NIP-77 frames sent to the relay.",
+        |s| load(&s.neg_bytes_sent),
+    ),
+    (
+        "bigbrotr_relay_neg_bytes_received_total",
+        "Bytes of NIP-77 frames received from the relay.",
+        |s| load(&s.neg_bytes_received),
+    ),
+    (
+        "bigbrotr_relay_neg_missing_total",
+        "Ids the relay holds that the archive had not recorded for it (found by reconciliation).",
+        |s| load(&s.neg_missing),
+    ),
+    (
+        "bigbrotr_relay_neg_extra_total",
+        "Ids recorded for the relay that it no longer holds (found by reconciliation).",
+        |s| load(&s.neg_extra),
+    ),
+    (
+        "bigbrotr_relay_bodies_fetched_total",
+        "Events fetched by id after reconciliation (bodies the archive lacked).",
+        |s| load(&s.bodies_fetched),
+    ),
+    (
+        "bigbrotr_relay_sightings_without_body_total",
+        "Sightings recorded from reconciliation without downloading the body.",
+        |s| load(&s.sightings_without_body),
+    ),
+    (
+        "bigbrotr_relay_ids_unserved_total",
+        "Ids the relay claimed in reconciliation but did not serve when asked.",
+        |s| load(&s.ids_unserved),
+    ),
+    (
+        "bigbrotr_relay_recheck_bytes_total",
+        "Bytes received re-walking the recent horizon of a relay without NIP-77.",
+        |s| load(&s.recheck_bytes),
     ),
 ];
 
@@ -493,6 +543,20 @@ pub fn render(engine: &EngineState, registry: Option<&[RegistryCount]>) -> Strin
                 "bigbrotr_relay_events_rejected_total",
                 &[("relay", r.url.as_str()), ("reason", reason.as_str())],
                 r.stats.rejected(reason),
+            );
+        }
+    }
+    e.family(
+        "bigbrotr_relay_neg_fallbacks_total",
+        "counter",
+        "Times reconciliation (NIP-77) gave way to the walk for the relay, by reason.",
+    );
+    for r in &relays {
+        for why in Fallback::ALL {
+            e.sample(
+                "bigbrotr_relay_neg_fallbacks_total",
+                &[("relay", r.url.as_str()), ("reason", why.as_str())],
+                r.stats.fallbacks(why),
             );
         }
     }

@@ -33,6 +33,10 @@ pub enum RelayMsg<'a> {
     Auth(&'a str),
     /// `["OK", id, accepted, message]`
     Ok(&'a str, bool, &'a str),
+    /// `["NEG-MSG", sub, hex]` (NIP-77)
+    NegMsg(&'a str, &'a str),
+    /// `["NEG-ERR", sub, reason]` (NIP-77)
+    NegErr(&'a str, &'a str),
     /// Anything else that is a JSON array starting with a string.
     Other(&'a str),
 }
@@ -68,6 +72,8 @@ pub fn parse<'a>(v: &'a Value<'a>) -> Option<RelayMsg<'a>> {
             ),
             s(a.get(3)).unwrap_or(""),
         ),
+        "NEG-MSG" => RelayMsg::NegMsg(s(a.get(1))?, s(a.get(2))?),
+        "NEG-ERR" => RelayMsg::NegErr(s(a.get(1))?, s(a.get(2)).unwrap_or("")),
         other => RelayMsg::Other(other),
     })
 }

@@ -8,6 +8,7 @@
 //! is parsed twice.
 
 pub mod message;
+pub mod neg;
 pub mod transport;
 
 use crate::model::{
@@ -15,6 +16,7 @@ use crate::model::{
 };
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use message::RelayMsg;
+pub use neg::Archive;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -66,6 +68,15 @@ pub struct SyncConfig {
     pub live_lag: i64,
     /// Keep-alive ping period in live mode.
     pub ping_interval: Duration,
+    /// Reconcile with NIP-77 before walking, where the relay speaks it (needs an
+    /// [`Archive`]): events a relay received late, dated inside an archived range, are found.
+    pub reconcile: bool,
+    /// Download bodies the archive already holds from other relays anyway (off: such ids
+    /// become sightings without a download).
+    pub fetch_known_bodies: bool,
+    /// For relays without NIP-77: each pass walks again this many seconds below the cursor,
+    /// uncounted in the cursor, to catch events that arrived late (0 = off).
+    pub recheck_horizon: i64,
     /// Socket limits and proxy.
     pub transport: TransportConfig,
 }
@@ -89,6 +100,9 @@ impl Default for SyncConfig {
             live_checkpoint: Duration::from_secs(60),
             live_lag: 60,
             ping_interval: Duration::from_secs(30),
+            reconcile: true,
+            fetch_known_bodies: false,
+            recheck_horizon: 86_400,
             transport: TransportConfig::default(),
         }
     }
@@ -197,6 +211,15 @@ pub struct Connector {
     /// A slot among the relays backfilling at once, held until the live phase begins: a live
     /// subscription lasts forever and must not keep other relays from their backfill.
     backfill_slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// What reconciliation reads and shares with the other connectors (None = walk only).
+    archive: Option<Arc<Archive>>,
+    /// The next session reconciles [this, now - live_lag] before it walks.
+    reconcile_from: Option<i64>,
+    /// The cursor at the start of the run: the next walk to "now" re-walks
+    /// `recheck_horizon` below it when the relay could not be reconciled.
+    recheck_top: Option<i64>,
+    /// Off while re-walking an already claimed range: its windows move no cursor.
+    claiming: bool,
 }
 
 impl Connector {
@@ -219,7 +242,17 @@ impl Connector {
             claim_cap: None,
             deadline: None,
             backfill_slot: None,
+            archive: None,
+            reconcile_from: None,
+            recheck_top: None,
+            claiming: true,
         }
+    }
+
+    /// Reconciles through `archive` (NIP-77) where the relay speaks it.
+    pub fn with_archive(mut self, archive: Option<Arc<Archive>>) -> Self {
+        self.archive = archive;
+        self
     }
 
     /// Holds `slot` (one of the parallel backfills) until the backfill ends and live begins,
@@ -254,7 +287,11 @@ impl Connector {
     }
 
     fn close_window(&self, epoch: u64, emitted: u64, after: Option<CursorState>) {
-        let after = if self.cfg.use_cursor { after } else { None };
+        let after = if self.cfg.use_cursor && self.claiming {
+            after
+        } else {
+            None
+        };
         if self.relay.progress.close(epoch, emitted, after) {
             let _ = self.cursor_tx.send(self.relay.clone());
         }
@@ -312,6 +349,12 @@ impl Connector {
             CursorState::default()
         };
         self.claimed = pos.synced_until;
+        if self.reconciles() {
+            self.reconcile_from = Some(self.cfg.floor);
+        }
+        if self.cfg.use_cursor && self.cfg.recheck_horizon > 0 {
+            self.recheck_top = pos.synced_until;
+        }
         self.deadline = self
             .cfg
             .relay_timeout
@@ -406,6 +449,22 @@ impl Connector {
         limit: &mut usize,
         failures: &mut u32,
     ) -> Result<(), Fail> {
+        if let Some(since) = self.reconcile_from {
+            if self.reconciles() {
+                let top = self
+                    .cfg
+                    .until
+                    .unwrap_or_else(|| now_secs().saturating_sub(self.cfg.live_lag.max(0)));
+                if self.reconcile(sess, since, top).await? {
+                    self.claim_reconciled(pos, top);
+                    // Reconciled from the floor: nothing left for a re-walk to find.
+                    if since <= self.cfg.floor {
+                        self.recheck_top = None;
+                    }
+                }
+            }
+            self.reconcile_from = None;
+        }
         loop {
             let (lo, u, end) = match pos.pending {
                 Some(p) => (self.lo(pos), p.until, p.end),
@@ -413,6 +472,7 @@ impl Connector {
                     let end = self.cfg.until.unwrap_or_else(now_secs);
                     let lo = self.lo(pos);
                     if lo > end {
+                        self.recheck(sess, limit, failures).await?;
                         if self.cfg.live {
                             // The pass deadline bounds the backfill; a live subscription has no
                             // end, and the catch-up walks after a reconnect are bounded by the
@@ -552,7 +612,56 @@ impl Connector {
         }
     }
 
+    /// Re-walks `recheck_horizon` below the cursor the run started from (once a run, relays
+    /// that were not reconciled): events that reached the relay late are found, the cursor
+    /// does not move, and the bytes are counted apart.
+    async fn recheck(
+        &mut self,
+        sess: &mut Session,
+        limit: &mut usize,
+        failures: &mut u32,
+    ) -> Result<(), Fail> {
+        let Some(top) = self.recheck_top else {
+            return Ok(());
+        };
+        let lo = self
+            .cfg
+            .floor
+            .max(top.saturating_sub(self.cfg.recheck_horizon));
+        if lo > top {
+            self.recheck_top = None;
+            return Ok(());
+        }
+        let before = self.relay.stats.bytes_received.load(Relaxed);
+        let mut scratch = CursorState {
+            synced_until: Some(lo - 1),
+            pending: None,
+        };
+        self.claiming = false;
+        let r = self
+            .walk(sess, &mut scratch, lo, top, top, limit, failures)
+            .await;
+        self.claiming = true;
+        let spent = self
+            .relay
+            .stats
+            .bytes_received
+            .load(Relaxed)
+            .saturating_sub(before);
+        self.relay.stats.recheck_bytes.fetch_add(spent, Relaxed);
+        if r.is_ok() {
+            self.recheck_top = None;
+        }
+        r
+    }
+
     fn req_json(&self, sub: &str, since: i64, until: Option<i64>, limit: Option<usize>) -> String {
+        let f = self.filter_json(since, until, limit);
+        format!("[\"REQ\",\"{sub}\",{f}]")
+    }
+
+    /// One NIP-01 filter over [since, until] with this sync's kinds.
+    fn filter_json(&self, since: i64, until: Option<i64>, limit: Option<usize>) -> String {
         let mut f = format!("{{\"since\":{since}");
         if let Some(u) = until {
             f.push_str(&format!(",\"until\":{u}"));
@@ -565,7 +674,7 @@ impl Connector {
             f.push_str(&format!(",\"kinds\":[{}]", ks.join(",")));
         }
         f.push('}');
-        format!("[\"REQ\",\"{sub}\",{f}]")
+        f
     }
 
     async fn send(&self, sess: &mut Session, text: String) -> Result<(), Fail> {
@@ -584,6 +693,7 @@ impl Connector {
     ) -> Action {
         let stats = &self.relay.stats;
         inc(&stats.frames);
+        stats.bytes_received.fetch_add(data.len() as u64, Relaxed);
         if data.len() > self.cfg.max_event_bytes {
             stats.reject(Reason::Oversized);
             w.total += 1;
@@ -947,7 +1057,18 @@ impl Connector {
             .max(self.lo(pos).saturating_sub(self.cfg.live_lag.max(0)));
         sess.subs += 1;
         let sub = format!("bb{}", sess.subs);
-        let req = self.req_json(&sub, since, None, None);
+        // The second filter (`limit: 0`: nothing stored) matches every event published from
+        // now on whatever its created_at, so backdated events arrive too.
+        let mut now_on = String::from("{\"limit\":0");
+        if let Some(k) = &self.cfg.kinds {
+            let ks: Vec<String> = k.iter().map(|k| k.to_string()).collect();
+            now_on.push_str(&format!(",\"kinds\":[{}]", ks.join(",")));
+        }
+        now_on.push('}');
+        let req = format!(
+            "[\"REQ\",\"{sub}\",{},{now_on}]",
+            self.filter_json(since, None, None)
+        );
         inc(&self.relay.stats.reqs);
         self.send(sess, req).await?;
         let mut epoch = self.relay.progress.open();
@@ -1011,6 +1132,10 @@ impl Connector {
         // live subscription covered the late arrivals below the top only while it was open.
         if let (Some(s), Some(c)) = (pos.synced_until, self.claimed) {
             pos.synced_until = Some(s.min(c));
+        }
+        // And reconcile what the connection may have missed before walking again.
+        if self.reconciles() {
+            self.reconcile_from = Some(since);
         }
         result
     }

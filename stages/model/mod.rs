@@ -11,7 +11,7 @@ pub mod stats;
 pub use event::{Event, EventRef, ParseError};
 pub use progress::{CursorState, Progress, Ticket};
 pub use relay::{Network, RelayCtx, RelayUrl};
-pub use stats::{Reason, RelayStats};
+pub use stats::{Fallback, Reason, RelayStats};
 
 use std::sync::Arc;
 
@@ -52,6 +52,9 @@ pub struct Sighting {
     pub ticket: Ticket,
     /// Unix seconds when the frame was received.
     pub seen_at: i64,
+    /// The event's `created_at`, kept with the sighting so reconciliation can range-scan what
+    /// a relay holds without joining `events`.
+    pub created_at: i64,
 }
 
 /// What dedupe passes on: the first copy of an event carries its body, later copies only a sighting.

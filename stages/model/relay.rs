@@ -206,7 +206,17 @@ pub struct RelayCtx {
     pub stats: RelayStats,
     /// Sync progress, advanced by the sink as windows commit.
     pub progress: Progress,
+    /// Whether the relay speaks NIP-77, once known ([`NIP77_UNKNOWN`], [`NIP77_YES`],
+    /// [`NIP77_NO`]): remembered for the process so a relay without it is probed once.
+    pub nip77: std::sync::atomic::AtomicU8,
 }
+
+/// [`RelayCtx::nip77`]: not probed yet.
+pub const NIP77_UNKNOWN: u8 = 0;
+/// [`RelayCtx::nip77`]: answered a reconciliation.
+pub const NIP77_YES: u8 = 1;
+/// [`RelayCtx::nip77`]: does not speak it (or speaks it badly): the walk is used.
+pub const NIP77_NO: u8 = 2;
 
 impl RelayCtx {
     /// A context starting from a persisted cursor state.
@@ -215,6 +225,7 @@ impl RelayCtx {
             url,
             stats: RelayStats::default(),
             progress: Progress::new(state),
+            nip77: std::sync::atomic::AtomicU8::new(NIP77_UNKNOWN),
         })
     }
 }

@@ -74,6 +74,43 @@ impl From<super::ParseError> for Reason {
     }
 }
 
+/// Why reconciliation (NIP-77) gave way to the walk for a relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fallback {
+    /// The relay does not speak NIP-77 (NOTICE, CLOSED or NEG-ERR to NEG-OPEN).
+    Unsupported,
+    /// No answer to NEG-OPEN within the probe timeout.
+    Silent,
+    /// A NEG-MSG that is not valid negentropy (bad hex, bad encoding, too many rounds).
+    Malformed,
+    /// The relay stopped answering in the middle of a reconciliation.
+    Stalled,
+    /// The archive could not be read (the walk is always safe).
+    Archive,
+}
+
+impl Fallback {
+    /// Every reason, in counter order.
+    pub const ALL: [Fallback; 5] = [
+        Fallback::Unsupported,
+        Fallback::Silent,
+        Fallback::Malformed,
+        Fallback::Stalled,
+        Fallback::Archive,
+    ];
+
+    /// Stable snake_case name used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fallback::Unsupported => "unsupported",
+            Fallback::Silent => "silent",
+            Fallback::Malformed => "malformed",
+            Fallback::Stalled => "stalled",
+            Fallback::Archive => "archive",
+        }
+    }
+}
+
 /// Counters for one relay; all relaxed atomics, read for progress and metrics.
 #[derive(Debug, Default)]
 pub struct RelayStats {
@@ -101,6 +138,27 @@ pub struct RelayStats {
     pub connects: AtomicU64,
     /// Connection or protocol failures (timeouts, disconnects, oversized frames).
     pub failures: AtomicU64,
+    /// Bytes of every frame received (events, reconciliation, notices …).
+    pub bytes_received: AtomicU64,
+    /// NIP-77 messages sent (NEG-OPEN and NEG-MSG): reconciliation rounds.
+    pub neg_rounds: AtomicU64,
+    /// Bytes of NIP-77 frames sent.
+    pub neg_bytes_sent: AtomicU64,
+    /// Bytes of NIP-77 frames received.
+    pub neg_bytes_received: AtomicU64,
+    /// Ids the relay holds that the archive had not recorded for it.
+    pub neg_missing: AtomicU64,
+    /// Ids the archive had recorded for the relay that it no longer holds (deleted, expired).
+    pub neg_extra: AtomicU64,
+    /// Events received in answer to a fetch by id (missing bodies).
+    pub bodies_fetched: AtomicU64,
+    /// Sightings recorded without downloading the body (the archive already held the event).
+    pub sightings_without_body: AtomicU64,
+    /// Ids the relay claimed in reconciliation but did not serve when asked.
+    pub ids_unserved: AtomicU64,
+    /// Bytes received by the re-walk of a recent horizon (relays without NIP-77).
+    pub recheck_bytes: AtomicU64,
+    neg_fallbacks: [AtomicU64; Fallback::ALL.len()],
     rejected: [AtomicU64; Reason::ALL.len()],
 }
 
@@ -113,6 +171,16 @@ impl RelayStats {
     /// Rejections for one reason.
     pub fn rejected(&self, r: Reason) -> u64 {
         self.rejected[r.index()].load(Relaxed)
+    }
+
+    /// Counts one fallback from reconciliation to the walk.
+    pub fn fallback(&self, f: Fallback) {
+        self.neg_fallbacks[f as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Fallbacks for one reason.
+    pub fn fallbacks(&self, f: Fallback) -> u64 {
+        self.neg_fallbacks[f as usize].load(Relaxed)
     }
 
     /// Rejections over all reasons.
