@@ -184,3 +184,104 @@ async fn a_relay_without_nip77_falls_back_and_the_recheck_finds_late_events() {
     assert_same_ids(&event_ids(&pool).await, &ids(&all), "after the late events");
     assert!(second.relays[0].recheck_bytes > 0);
 }
+
+fn bigbrotr(cfg: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_bigbrotr"));
+    c.arg("--config")
+        .arg(cfg)
+        .args(args)
+        .env("BIGBROTR_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    c
+}
+
+async fn wait_for_count(pool: &bigbrotr::db::Pool, n: usize, limit: std::time::Duration) -> usize {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let got = event_ids(pool).await.len();
+        if got >= n || std::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A long-running sync that has gone live receives events published to the relay whatever
+/// their created_at (here 30 days old): the live subscription does not filter by `since`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_subscription_receives_backdated_events() {
+    let events = generate(&spec(1_000, 61));
+    let relay = bigbrotr::testrelay::TestRelay::start(events.clone(), Default::default())
+        .await
+        .expect("test relay");
+    let (pool, db) = test_db().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config_file(dir.path(), "bigbrotr.toml", &db, 50);
+    let mut child = bigbrotr(&cfg, &["sync", "--relay", &relay.url()])
+        .spawn()
+        .expect("spawn");
+    let got = wait_for_count(&pool, 1_000, std::time::Duration::from_secs(30)).await;
+    assert_eq!(got, 1_000, "backfill");
+    // Live now (the backfill of 1,000 events is long over); events dated 30 days back.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let late = generate(&spec(25, 62));
+    for e in &late {
+        relay.publish(e.clone());
+    }
+    let got = wait_for_count(&pool, 1_025, std::time::Duration::from_secs(20)).await;
+    // SAFETY: plain kill(2) on our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let _ = child.wait();
+    let mut all = events.clone();
+    all.extend(late.iter().cloned());
+    assert_eq!(got, 1_025, "backdated events published while live");
+    assert_same_ids(&event_ids(&pool).await, &ids(&all), "archive");
+    relay.stop().await;
+}
+
+/// `kill -9` in the middle of a reconciling pass, then a restart: the archive ends the same as
+/// after an uninterrupted pass (every event, one sighting each, all re-verify).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_reconciliation_then_restart_ends_with_the_same_archive() {
+    let events = generate(&spec(20_000, 71));
+    let relay = nostr_relay(&events).await;
+    let url = relay.url().await.to_string();
+    let (pool, db) = test_db().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = write_config_file(dir.path(), "bigbrotr.toml", &db, 50);
+    let mut child = bigbrotr(&cfg, &["sync", "--once", "--relay", &url])
+        .spawn()
+        .expect("spawn");
+    // Killed as soon as the first events are committed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut at_kill = 0;
+    while std::time::Instant::now() < deadline {
+        at_kill = event_ids(&pool).await.len();
+        if at_kill > 0 || child.try_wait().ok().flatten().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!("killed with {at_kill} of 20000 events committed");
+    assert!(at_kill < 20_000, "the kill came before the pass ended");
+    let out = bigbrotr(&cfg, &["sync", "--once", "--relay", &url])
+        .output()
+        .expect("restart");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_ids(
+        &event_ids(&pool).await,
+        &ids(&events),
+        "after kill -9 and restart",
+    );
+    assert_eq!(sightings(&pool).await.len(), 20_000);
+    assert_eq!(reverify_all(&pool).await, 20_000);
+}
