@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
+use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -18,8 +19,8 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::gen::{self, GenEvent};
 
-/// How the relay misbehaves; all default to a compliant relay.
-#[derive(Clone, Debug, Default)]
+/// How the relay misbehaves; all default to a compliant relay (one without NIP-77).
+#[derive(Clone, Debug)]
 pub struct Behavior {
     /// Sends every matching event regardless of `limit`.
     pub ignore_limit: bool,
@@ -63,6 +64,70 @@ pub struct Behavior {
     /// After the first REQ, never reads or writes again and keeps the socket open: the
     /// client's sends and its close handshake find nobody reading.
     pub stop_reading: bool,
+    /// NIP-77: how the relay answers NEG-OPEN/NEG-MSG (default: unsupported, a NOTICE as today).
+    pub neg: NegMode,
+    /// Frame size limit the relay's negentropy uses for its replies (0 = unlimited; default
+    /// 60_000 as rust-nostr). 1..4096 is refused by negentropy: every NEG-OPEN gets a NEG-ERR.
+    pub neg_frame_limit: u64,
+    /// Ids (created_at, id) the relay claims in reconciliation but does not hold: REQ by ids
+    /// never returns them. They join a NEG-OPEN's items when their created_at is within the
+    /// filter's since/until (the filter's other fields are not checked against them).
+    pub neg_phantoms: Vec<(i64, [u8; 32])>,
+    /// A REQ whose filter has `ids` is answered with other stored events (not the asked ones)
+    /// instead: per such filter, up to as many as it asks for, newest first, then EOSE.
+    pub ids_serve_others: bool,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        Behavior {
+            ignore_limit: false,
+            ignore_until: false,
+            max_limit: None,
+            out_of_range: 0,
+            garbage_frames: 0,
+            bad_sig: Vec::new(),
+            duplicates: false,
+            hang_after: None,
+            hang_connections: 0,
+            disconnect_after: None,
+            disconnect_connections: 0,
+            huge_frame: None,
+            closed: None,
+            closed_times: 0,
+            notice_on_req: false,
+            deep_frame: None,
+            flood_newer: false,
+            ping_every: None,
+            stop_reading: false,
+            neg: NegMode::Unsupported,
+            neg_frame_limit: 60_000,
+            neg_phantoms: Vec::new(),
+            ids_serve_others: false,
+        }
+    }
+}
+
+/// How the test relay speaks NIP-77.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum NegMode {
+    /// No NIP-77: NEG-OPEN gets a NOTICE (today's behaviour).
+    #[default]
+    Unsupported,
+    /// Compliant.
+    Normal,
+    /// Compliant, but `["NEG-ERR", sub, "blocked: too many query results"]` when the filter matches more than this many events.
+    BlockedAbove(usize),
+    /// Every NEG-OPEN gets `["NEG-ERR", sub, "error: negentropy disabled"]`.
+    Error,
+    /// Answers NEG-OPEN with a NEG-MSG whose payload is not valid negentropy (the first open: not hex at all; later: valid hex of garbage bytes, alternating; opens are counted across all connections).
+    Malformed,
+    /// Answers NEG-OPEN with a NEG-MSG of this many hex characters (valid hex, garbage content; an odd count is rounded down).
+    Oversized(usize),
+    /// Never answers NEG-OPEN (keeps the connection open, still answers other messages).
+    Silent,
+    /// Answers NEG-OPEN correctly, then never answers a NEG-MSG.
+    StallAfterOpen,
 }
 
 /// Counters the tests assert on.
@@ -78,6 +143,16 @@ pub struct RelayCounters {
     pub frames_sent: AtomicU64,
     /// Events accepted by `publish` or a client EVENT answered OK true (duplicates included).
     pub published: AtomicU64,
+    /// NEG-OPEN messages received (whatever the `NegMode`, `Unsupported` included).
+    pub neg_opens: AtomicU64,
+    /// Client NEG-MSG messages received (whatever the `NegMode`).
+    pub neg_msgs: AtomicU64,
+    /// Bytes (of the whole JSON text) of the NEG-MSG and NEG-ERR frames sent.
+    pub neg_bytes_sent: AtomicU64,
+    /// REQ messages with at least one filter holding `ids` (including those answered with CLOSED).
+    pub id_reqs: AtomicU64,
+    /// Total entries of the `ids` arrays in those REQs.
+    pub ids_asked: AtomicU64,
 }
 
 /// Events newest first, ties by lowest id, so a since/until window is a contiguous slice.
@@ -263,6 +338,17 @@ fn query(store: &Store, f: &Filter, b: &Behavior) -> Vec<Arc<GenEvent>> {
         limit = Some(limit.map_or(m, |l| l.min(m)));
     }
     let limit = limit.unwrap_or(usize::MAX);
+    if b.ids_serve_others {
+        if let Some(ids) = &f.ids {
+            return store
+                .events
+                .iter()
+                .filter(|e| !ids.contains(&e.id))
+                .take(ids.len())
+                .cloned()
+                .collect();
+        }
+    }
     let (lo, hi) = (store.upper(f.until), store.lower(f.since));
     if lo >= hi || limit == 0 {
         return Vec::new();
@@ -397,6 +483,75 @@ fn notice(msg: &str) -> String {
     serde_json::to_string(&("NOTICE", msg)).unwrap_or_else(|_| r#"["NOTICE",""]"#.into())
 }
 
+/// A relay-side negentropy session, kept per (connection, sub) for the NEG-MSG follow-ups.
+type NegSession = Negentropy<'static, NegentropyStorageVector>;
+
+/// Garbage negentropy of `len` bytes: the right protocol version byte, an infinite bound and
+/// then mode 7 (no such mode), so a reader fails on it; the rest is pseudo-random filler.
+fn neg_garbage(len: usize) -> Vec<u8> {
+    let mut out = vec![0x61, 0x00, 0x00, 0x07];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.push(x as u8);
+    }
+    out.truncate(len);
+    out
+}
+
+/// The negentropy timestamp of a created_at (negative ones, which Nostr does not allow, clamp to 0).
+fn neg_ts(created_at: i64) -> u64 {
+    created_at.max(0) as u64
+}
+
+/// Answers a NEG-OPEN: the items of `filter` (stored events, `limit` ignored, plus the phantoms
+/// in its since/until), sealed, reconciled against the client's initial message. Errors are the
+/// NEG-ERR reason.
+fn neg_open(
+    store: &Store,
+    filter: &Filter,
+    b: &Behavior,
+    initial: &[u8],
+) -> Result<(NegSession, Vec<u8>), String> {
+    let (lo, hi) = (store.upper(filter.until), store.lower(filter.since));
+    let events = if lo < hi { &store.events[lo..hi] } else { &[] };
+    let mut storage = NegentropyStorageVector::with_capacity(events.len());
+    let mut matched = 0usize;
+    for e in events.iter().filter(|e| filter.matches(e)) {
+        matched += 1;
+        if let NegMode::BlockedAbove(max) = b.neg {
+            if matched > max {
+                return Err("blocked: too many query results".into());
+            }
+        }
+        storage
+            .insert(neg_ts(e.created_at), Id::from_byte_array(e.id))
+            .map_err(|e| format!("error: {e}"))?;
+    }
+    for (t, id) in b.neg_phantoms.iter().filter(|(t, _)| filter.in_range(*t)) {
+        storage
+            .insert(neg_ts(*t), Id::from_byte_array(*id))
+            .map_err(|e| format!("error: {e}"))?;
+    }
+    storage.seal().map_err(|e| format!("error: {e}"))?;
+    let mut neg =
+        Negentropy::owned(storage, b.neg_frame_limit).map_err(|e| format!("error: {e}"))?;
+    let reply = neg_reconcile(&mut neg, initial)?;
+    Ok((neg, reply))
+}
+
+/// One relay-side reconciliation step; a negentropy error (or, defensively, a panic) on the
+/// client's bytes is a NEG-ERR reason, never a crash.
+fn neg_reconcile(neg: &mut NegSession, msg: &[u8]) -> Result<Vec<u8>, String> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| neg.reconcile(msg))) {
+        Ok(Ok(reply)) => Ok(reply),
+        Ok(Err(e)) => Err(format!("error: negentropy: {e}")),
+        Err(_) => Err("error: negentropy failed on this message".into()),
+    }
+}
+
 /// Frames fed before a flush: amortises the syscall while keeping latency low for small replies.
 const FLUSH_EVERY: usize = 64;
 
@@ -423,6 +578,8 @@ struct Conn {
     events_on_conn: usize,
     unflushed: usize,
     subs: HashMap<String, Sub>,
+    /// Open NIP-77 sessions by sub id.
+    negs: HashMap<String, NegSession>,
 }
 
 impl Conn {
@@ -514,18 +671,169 @@ impl Conn {
                     self.frame(r).await?;
                 }
             }
-            other => {
-                let what = other.unwrap_or("non-string");
-                self.frame(notice(&format!("unsupported message type: {what}")))
-                    .await?;
+            Some("NEG-OPEN") => {
+                let n = self
+                    .shared
+                    .counters
+                    .neg_opens
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                self.handle_neg_open(&msg, n).await?
             }
+            Some("NEG-MSG") => {
+                self.shared
+                    .counters
+                    .neg_msgs
+                    .fetch_add(1, Ordering::Relaxed);
+                self.handle_neg_msg(&msg).await?
+            }
+            Some("NEG-CLOSE") if self.shared.behavior.neg != NegMode::Unsupported => {
+                if let Some(sub) = msg.get(1).and_then(Value::as_str) {
+                    self.negs.remove(sub);
+                }
+            }
+            other => self.unsupported(other).await?,
         }
         self.flush().await
+    }
+
+    async fn unsupported(&mut self, what: Option<&str>) -> Result<(), Stop> {
+        let what = what.unwrap_or("non-string");
+        self.frame(notice(&format!("unsupported message type: {what}")))
+            .await
+    }
+
+    /// A NEG-MSG or NEG-ERR frame, counted in `neg_bytes_sent`.
+    async fn neg_frame(&mut self, kind: &str, sub: &str, payload: &str) -> Result<(), Stop> {
+        let Ok(text) = serde_json::to_string(&(kind, sub, payload)) else {
+            return Ok(());
+        };
+        self.shared
+            .counters
+            .neg_bytes_sent
+            .fetch_add(text.len() as u64, Ordering::Relaxed);
+        self.frame(text).await
+    }
+
+    /// `n`: this NEG-OPEN's number across the relay (1 = the first).
+    async fn handle_neg_open(&mut self, msg: &[Value], n: u64) -> Result<(), Stop> {
+        let mode = self.shared.behavior.neg.clone();
+        if mode == NegMode::Unsupported {
+            return self.unsupported(Some("NEG-OPEN")).await;
+        }
+        let Some(sub) = msg.get(1).and_then(Value::as_str).map(String::from) else {
+            return self
+                .frame(notice("invalid: NEG-OPEN without a subscription id"))
+                .await;
+        };
+        // A NEG-OPEN for an open sub id replaces it, whatever it is answered with.
+        self.negs.remove(&sub);
+        match mode {
+            NegMode::Silent => return Ok(()),
+            NegMode::Error => {
+                return self
+                    .neg_frame("NEG-ERR", &sub, "error: negentropy disabled")
+                    .await
+            }
+            NegMode::Malformed => {
+                let payload = if n % 2 == 1 {
+                    "not hex: this is no negentropy".to_string()
+                } else {
+                    hex::encode(neg_garbage(64))
+                };
+                return self.neg_frame("NEG-MSG", &sub, &payload).await;
+            }
+            NegMode::Oversized(chars) => {
+                let payload = hex::encode(neg_garbage(chars / 2));
+                return self.neg_frame("NEG-MSG", &sub, &payload).await;
+            }
+            NegMode::Unsupported
+            | NegMode::Normal
+            | NegMode::BlockedAbove(_)
+            | NegMode::StallAfterOpen => {}
+        }
+        if sub.is_empty() || sub.chars().count() > 64 {
+            return self
+                .neg_frame("NEG-ERR", &sub, "error: subscription id must be 1-64 chars")
+                .await;
+        }
+        let filter = match msg.get(2).map(Filter::parse) {
+            Some(Ok(f)) => f,
+            Some(Err(why)) => {
+                return self
+                    .neg_frame("NEG-ERR", &sub, &format!("error: invalid filter: {why}"))
+                    .await
+            }
+            None => {
+                return self
+                    .neg_frame("NEG-ERR", &sub, "error: NEG-OPEN without a filter")
+                    .await
+            }
+        };
+        let Some(Ok(initial)) = msg.get(3).and_then(Value::as_str).map(hex::decode) else {
+            return self
+                .neg_frame("NEG-ERR", &sub, "error: initial message is not hex")
+                .await;
+        };
+        let opened = {
+            let store = self.shared.read_store();
+            neg_open(&store, &filter, &self.shared.behavior, &initial)
+        };
+        match opened {
+            Ok((neg, reply)) => {
+                self.negs.insert(sub.clone(), neg);
+                self.neg_frame("NEG-MSG", &sub, &hex::encode(reply)).await
+            }
+            Err(why) => self.neg_frame("NEG-ERR", &sub, &why).await,
+        }
+    }
+
+    async fn handle_neg_msg(&mut self, msg: &[Value]) -> Result<(), Stop> {
+        let mode = self.shared.behavior.neg.clone();
+        if mode == NegMode::Unsupported {
+            return self.unsupported(Some("NEG-MSG")).await;
+        }
+        let Some(sub) = msg.get(1).and_then(Value::as_str).map(String::from) else {
+            return self
+                .frame(notice("invalid: NEG-MSG without a subscription id"))
+                .await;
+        };
+        if mode == NegMode::StallAfterOpen {
+            return Ok(());
+        }
+        let Some(neg) = self.negs.get_mut(&sub) else {
+            return self
+                .neg_frame("NEG-ERR", &sub, "closed: no such negentropy subscription")
+                .await;
+        };
+        let res = match msg.get(2).and_then(Value::as_str).map(hex::decode) {
+            Some(Ok(bytes)) => neg_reconcile(neg, &bytes),
+            _ => Err("error: message is not hex".to_string()),
+        };
+        match res {
+            Ok(reply) => self.neg_frame("NEG-MSG", &sub, &hex::encode(reply)).await,
+            Err(why) => {
+                // A NEG-ERR ends the session.
+                self.negs.remove(&sub);
+                self.neg_frame("NEG-ERR", &sub, &why).await
+            }
+        }
     }
 
     async fn handle_req(&mut self, msg: &[Value]) -> Result<(), Stop> {
         let counters = &self.shared.counters;
         let req_no = counters.reqs.fetch_add(1, Ordering::Relaxed) + 1;
+        let asked: Vec<usize> = msg
+            .iter()
+            .skip(2)
+            .filter_map(|f| f.get("ids").and_then(Value::as_array).map(Vec::len))
+            .collect();
+        if !asked.is_empty() {
+            counters.id_reqs.fetch_add(1, Ordering::Relaxed);
+            counters
+                .ids_asked
+                .fetch_add(asked.iter().sum::<usize>() as u64, Ordering::Relaxed);
+        }
         let b = self.shared.behavior.clone();
         if b.notice_on_req {
             self.frame(notice("test relay: notice before reply"))
@@ -739,6 +1047,7 @@ async fn handle_conn(tcp: TcpStream, shared: Arc<Shared>, mut shutdown: watch::R
         events_on_conn: 0,
         unflushed: 0,
         subs: HashMap::new(),
+        negs: HashMap::new(),
     };
     match conn.run(&mut shutdown, &mut live).await {
         Stop::Disconnect => {
@@ -819,7 +1128,11 @@ impl TestRelay {
         &self.shared.counters
     }
 
-    /// Adds an event: it is stored and delivered to live subscriptions whose filter matches.
+    /// Adds an event directly (no client, no verification): it is stored in order, so any
+    /// created_at works, backdated included; later REQs and NEG-OPENs whose filter matches see
+    /// it, and it is delivered to open subscriptions whose filter matches (a backdated event only
+    /// if it is within their since/until). A known id is counted but not stored twice; negentropy
+    /// sessions already open keep the set they were opened with.
     pub fn publish(&self, ev: GenEvent) {
         self.shared.publish(ev);
     }
