@@ -18,6 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+const MIB: f64 = 1024.0 * 1024.0;
+
 /// Longest the bench waits after the sync for the analytics refresher to catch up.
 const ANALYTICS_WAIT: Duration = Duration::from_secs(600);
 
@@ -43,6 +45,10 @@ pub struct BenchSpec {
     pub database_url: Option<String>,
     /// Keep the bench database afterwards.
     pub keep: bool,
+    /// The relays speak NIP-77 (reconciliation) instead of only NIP-01.
+    pub nip77: bool,
+    /// After the pass, sync the unchanged relays again and report what that costs.
+    pub resync: bool,
 }
 
 /// Measured figures.
@@ -84,6 +90,18 @@ pub struct BenchReport {
     pub sink_write_s: f64,
     /// Events received ÷ events kept, per relay.
     pub overfetch: Vec<(String, f64)>,
+    /// Sightings (event, relay) in the archive.
+    pub sightings: u64,
+    /// Sightings per second of the pass.
+    pub sightings_per_sec: f64,
+    /// Sightings recorded by reconciliation without downloading the body.
+    pub sightings_without_body: u64,
+    /// Bytes of every frame received, and NIP-77 bytes sent: the pass's traffic.
+    pub wire_bytes: u64,
+    /// NIP-77 bytes sent and received.
+    pub neg_bytes: u64,
+    /// The second pass over the unchanged relays (`--resync`).
+    pub resync: Option<Resync>,
     /// Signatures verified / skipped as already seen.
     pub verified: u64,
     /// Signatures skipped.
@@ -143,6 +161,27 @@ impl BenchReport {
             "over-fetch (received ÷ kept) worst relay {worst:.4}\n"
         ));
         s.push_str(&format!(
+            "sightings {:>11.0} /s       ({} sightings, {} recorded without a download; relays {})\n\
+             traffic   {:>12.1} MiB     ({:.1} MiB of it NIP-77)\n",
+            self.sightings_per_sec,
+            self.sightings,
+            self.sightings_without_body,
+            if spec.nip77 { "speak NIP-77" } else { "NIP-01 only" },
+            self.wire_bytes as f64 / MIB,
+            self.neg_bytes as f64 / MIB,
+        ));
+        if let Some(r) = &self.resync {
+            s.push_str(&format!(
+                "re-sync of the unchanged relays: {:.3}s ({:.2} % of the first pass), {:.1} KiB on the wire ({:.3} % of it), {} event frames, {} new rows\n",
+                r.seconds,
+                100.0 * r.seconds / self.seconds.max(1e-9),
+                r.wire_bytes as f64 / 1024.0,
+                100.0 * r.wire_bytes as f64 / (self.wire_bytes.max(1)) as f64,
+                r.frames,
+                r.events_inserted,
+            ));
+        }
+        s.push_str(&format!(
             "analytics lag at the end of the sync: {} rows, {:.1}s{}\n",
             self.analytics_lag_rows,
             self.analytics_lag_s,
@@ -154,6 +193,19 @@ impl BenchReport {
         ));
         s
     }
+}
+
+/// A second pass over unchanged relays.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Resync {
+    /// Wall time of the pass.
+    pub seconds: f64,
+    /// Its traffic (frames received, NIP-77 bytes sent).
+    pub wire_bytes: u64,
+    /// EVENT frames it received.
+    pub frames: u64,
+    /// New rows it wrote (must be 0).
+    pub events_inserted: u64,
 }
 
 /// An order-independent digest of a set of distinct event ids: their count and the wrapping sums
@@ -366,9 +418,13 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
         let path = spec.dir.join(format!("shard-{r}.jsonl"));
         gen::write_jsonl(&path, &shard_events)?;
         let port = free_port()?;
-        let child = Command::new(&exe)
-            .args(["testrelay", "--port", &port.to_string(), "--events"])
-            .arg(&path)
+        let mut cmd = Command::new(&exe);
+        cmd.args(["testrelay", "--port", &port.to_string(), "--events"])
+            .arg(&path);
+        if spec.nip77 {
+            cmd.arg("--nip77");
+        }
+        let child = cmd
             .env("BIGBROTR_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -441,10 +497,11 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
     let base_rss = rss_mib();
     let busy0 = machine_busy_secs();
     let own0 = own_cpu_secs();
+    let relays_again = relays.clone();
     let report = sync_once(
         &cfg,
         pool.clone(),
-        relays,
+        relays.clone(),
         &SyncOptions {
             progress: true,
             ..Default::default()
@@ -454,6 +511,30 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
     .await?;
     let peak = peak_rss_mib();
     let others_cpu = ((machine_busy_secs() - busy0) - (own_cpu_secs() - own0)).max(0.0);
+    let wire = |r: &crate::sync::SyncReport| -> u64 {
+        r.relays
+            .iter()
+            .map(|x| x.bytes_received + x.neg_bytes_sent)
+            .sum()
+    };
+    let resync = if spec.resync {
+        let again = sync_once(
+            &cfg,
+            pool.clone(),
+            relays_again,
+            &SyncOptions::default(),
+            None,
+        )
+        .await?;
+        Some(Resync {
+            seconds: again.elapsed.as_secs_f64(),
+            wire_bytes: wire(&again),
+            frames: again.relays.iter().map(|r| r.received).sum(),
+            events_inserted: again.events_inserted,
+        })
+    } else {
+        None
+    };
     drop(children);
 
     // The analytics lag when the sync ended, and how long the refresher took to fold the rest.
@@ -583,6 +664,12 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
                 )
             })
             .collect(),
+        sightings: sightings as u64,
+        sightings_per_sec: sightings as f64 / secs,
+        sightings_without_body: report.relays.iter().map(|r| r.sightings_without_body).sum(),
+        wire_bytes: wire(&report),
+        neg_bytes: report.relays.iter().map(|r| r.neg_bytes).sum(),
+        resync,
         verified: report.verified,
         skipped: report.verify_skipped,
         analytics,

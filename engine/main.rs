@@ -105,6 +105,12 @@ enum Cmd {
         /// Print the report as JSON too.
         #[arg(long)]
         json: bool,
+        /// The relays speak NIP-77, so the engine reconciles instead of walking.
+        #[arg(long)]
+        nip77: bool,
+        /// After the pass, sync the unchanged relays again and report its time and traffic.
+        #[arg(long)]
+        resync: bool,
     },
     /// Back up the archive to FILE: one consistent snapshot (pg_dump custom format), safe
     /// while the engine runs.
@@ -149,6 +155,9 @@ enum Cmd {
         /// Port on 127.0.0.1.
         #[arg(long)]
         port: u16,
+        /// Answer NIP-77 (negentropy) reconciliation.
+        #[arg(long)]
+        nip77: bool,
     },
     /// Generate signed events into a JSON-lines file.
     #[command(hide = true)]
@@ -240,10 +249,22 @@ fn main() -> std::process::ExitCode {
 
 async fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
-        Cmd::Testrelay { events, port } => {
+        Cmd::Testrelay {
+            events,
+            port,
+            nip77,
+        } => {
             let evs = bigbrotr::gen::read_jsonl(&events)?;
             eprintln!("serving {} events on ws://127.0.0.1:{port}", evs.len());
-            return bigbrotr::testrelay::serve_forever(port, evs, Default::default()).await;
+            let behavior = bigbrotr::testrelay::Behavior {
+                neg: if nip77 {
+                    bigbrotr::testrelay::NegMode::Normal
+                } else {
+                    bigbrotr::testrelay::NegMode::Unsupported
+                },
+                ..Default::default()
+            };
+            return bigbrotr::testrelay::serve_forever(port, evs, behavior).await;
         }
         Cmd::Gen { count, out, seed } => {
             let spec = bigbrotr::gen::GenSpec {
@@ -534,6 +555,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             dir,
             database_url,
             json,
+            nip77,
+            resync,
         } => {
             let (lo, hi) = content
                 .split_once('-')
@@ -549,6 +572,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
                 dir,
                 database_url,
                 keep: false,
+                nip77,
+                resync,
             };
             let report = bigbrotr::bench::run(&cfg, &spec).await?;
             print!("{}", report.render(&spec));

@@ -55,6 +55,8 @@ pub struct RelayReport {
     pub neg_rounds: u64,
     /// Bytes of NIP-77 frames sent and received.
     pub neg_bytes: u64,
+    /// Bytes of NIP-77 frames sent (what the engine adds to the wire besides small REQs).
+    pub neg_bytes_sent: u64,
     /// Ids the relay holds that were not recorded for it.
     pub neg_missing: u64,
     /// Ids recorded for the relay that it no longer holds.
@@ -217,6 +219,7 @@ fn report(relay: &Relay, outcome: Outcome) -> RelayReport {
         bytes_received: s.bytes_received.load(Relaxed),
         neg_rounds: s.neg_rounds.load(Relaxed),
         neg_bytes: s.neg_bytes_sent.load(Relaxed) + s.neg_bytes_received.load(Relaxed),
+        neg_bytes_sent: s.neg_bytes_sent.load(Relaxed),
         neg_missing: s.neg_missing.load(Relaxed),
         neg_extra: s.neg_extra.load(Relaxed),
         bodies_fetched: s.bodies_fetched.load(Relaxed),

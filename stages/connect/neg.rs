@@ -399,8 +399,10 @@ impl Connector {
             "[\"NEG-OPEN\",\"{sub}\",{filter},\"{}\"]",
             hex::encode(&init)
         );
-        self.send_neg(sess, open).await?;
         let probing = self.nip77() == NIP77_UNKNOWN;
+        if let Err(e) = self.send_neg(sess, open).await {
+            return Err(self.lost(probing, e));
+        }
         let first_wait = if probing {
             self.cfg.idle_timeout.min(PROBE_TIMEOUT)
         } else {
@@ -433,21 +435,29 @@ impl Connector {
                         return Err(Fail::Deadline);
                     }
                     if !answered && probing {
-                        return Ok(Range::Fallback(
-                            Fallback::Silent,
-                            "no answer to NEG-OPEN".into(),
-                        ));
+                        return Ok(self
+                            .abandon(sess, &sub, Fallback::Silent, "no answer to NEG-OPEN")
+                            .await);
                     }
                     return Err(self.stalled(answered, probing, &sub, sess).await);
                 }
-                Ok(None) => return Err(Fail::Io("connection closed".into())),
-                Ok(Some(Err(e))) => return Err(Fail::Io(e.to_string())),
+                Ok(None) => {
+                    return Err(
+                        self.lost(probing && !answered, Fail::Io("connection closed".into()))
+                    )
+                }
+                Ok(Some(Err(e))) => {
+                    return Err(self.lost(probing && !answered, Fail::Io(e.to_string())))
+                }
                 Ok(Some(Ok(m))) => m,
             };
             let data: &[u8] = match &msg {
                 Message::Text(t) => t.as_bytes(),
                 Message::Binary(b) => b,
-                Message::Close(_) => return Err(Fail::Io("relay closed the connection".into())),
+                Message::Close(_) => {
+                    let e = Fail::Io("relay closed the connection".into());
+                    return Err(self.lost(probing && !answered, e));
+                }
                 _ => continue,
             };
             inc(&stats.frames);
@@ -558,6 +568,18 @@ impl Connector {
                 NegIn::Skip => {}
             }
         }
+    }
+
+    /// A connection lost on the first NEG-OPEN: some relays hang up on a message they do not
+    /// know, so the next connection walks instead of probing again forever.
+    fn lost(&self, on_probe: bool, e: Fail) -> Fail {
+        if on_probe {
+            self.fall_back(
+                Fallback::Unsupported,
+                &format!("{} on NEG-OPEN", e.describe()),
+            );
+        }
+        e
     }
 
     /// A relay that answered NEG-OPEN stopped answering: remembered, so the next connection
