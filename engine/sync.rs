@@ -69,8 +69,12 @@ pub struct RelayReport {
     pub ids_unserved: u64,
     /// Fallbacks from reconciliation to the walk, by reason.
     pub neg_fallbacks: Vec<(&'static str, u64)>,
-    /// Bytes received re-walking the recent horizon (relays without NIP-77).
+    /// Bytes received re-walking already archived ranges (relays without NIP-77).
     pub recheck_bytes: u64,
+    /// NIP-45 COUNT requests sent to find the windows to re-walk.
+    pub count_queries: u64,
+    /// Windows re-walked because the relay's COUNT exceeded the archive's.
+    pub recheck_windows: u64,
 }
 
 /// The result of a pass.
@@ -166,13 +170,21 @@ impl SyncReport {
                 .collect();
             if !fb.is_empty() || r.recheck_bytes > 0 {
                 s.push_str(&format!(
-                    "    walked without NIP-77{}; recheck {} bytes\n",
+                    "    walked without NIP-77{}; recheck {} bytes{}\n",
                     if fb.is_empty() {
                         String::new()
                     } else {
                         format!(" ({})", fb.join(" "))
                     },
                     r.recheck_bytes,
+                    if r.count_queries > 0 {
+                        format!(
+                            " ({} COUNTs, {} windows re-walked)",
+                            r.count_queries, r.recheck_windows
+                        )
+                    } else {
+                        String::new()
+                    },
                 ));
             }
         }
@@ -231,6 +243,8 @@ fn report(relay: &Relay, outcome: Outcome) -> RelayReport {
             .filter(|(_, n)| *n > 0)
             .collect(),
         recheck_bytes: s.recheck_bytes.load(Relaxed),
+        count_queries: s.count_queries.load(Relaxed),
+        recheck_windows: s.recheck_windows.load(Relaxed),
     }
 }
 

@@ -231,3 +231,64 @@ async fn the_test_relay_reconciles_like_a_third_party_one() {
     assert_eq!(second.relays[0].neg_missing, 30);
     assert_eq!(event_ids(&pool).await.len(), 2_530);
 }
+
+/// A relay without NIP-77 that answers exact NIP-45 COUNTs gains 40 events dated 40 days back
+/// (far below the one-day recheck horizon): the next pass finds the window by COUNT, re-walks
+/// only that, and archives them; an approximate COUNT is not trusted (the horizon is walked).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_finds_the_windows_a_relay_without_nip77_gained_events_in() {
+    use bigbrotr::testrelay::CountMode;
+    let events = generate(&spec(3_000, 91));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let late = generate(&GenSpec {
+        count: 40,
+        seed: 92,
+        kinds: vec![1],
+        start_ts: now - 40 * 86_400,
+        spread_secs: 600,
+        ..GenSpec::default()
+    });
+    for (mode, found) in [(CountMode::Exact, true), (CountMode::Approximate, false)] {
+        let r = relay(
+            &events,
+            Behavior {
+                count: mode.clone(),
+                ..Default::default()
+            },
+        )
+        .await;
+        let (first, pool) = sync_exactly(&r, &events, "first pass").await;
+        assert_eq!(first.relays[0].neg_fallbacks, vec![("unsupported", 1)]);
+        for e in &late {
+            r.publish(e.clone());
+        }
+        let second = sync_once(
+            &config("unused"),
+            pool.clone(),
+            vec![relay_url(&r.url())],
+            &SyncOptions::default(),
+            None,
+        )
+        .await
+        .expect("second pass");
+        print!("{}", second.render());
+        let x = &second.relays[0];
+        let got = event_ids(&pool).await.len();
+        if found {
+            assert_eq!(got, 3_040, "{mode:?}: the late events are archived");
+            assert!(x.recheck_windows >= 1);
+            assert!(
+                x.received < 3_000 / 4,
+                "{mode:?}: only the differing windows are walked again ({} events received)",
+                x.received
+            );
+        } else {
+            assert_eq!(got, 3_000, "{mode:?}: beyond the horizon, not found");
+            assert_eq!(x.recheck_windows, 0);
+        }
+        r.stop().await;
+    }
+}

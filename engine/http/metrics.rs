@@ -246,7 +246,7 @@ type RelayCounter = (
 );
 
 /// The per-relay counters, in output order.
-const RELAY_COUNTERS: [RelayCounter; 22] = [
+const RELAY_COUNTERS: [RelayCounter; 24] = [
     (
         "bigbrotr_relay_frames_total",
         "WebSocket frames received from the relay.",
@@ -354,8 +354,18 @@ const RELAY_COUNTERS: [RelayCounter; 22] = [
     ),
     (
         "bigbrotr_relay_recheck_bytes_total",
-        "Bytes received re-walking the recent horizon of a relay without NIP-77.",
+        "Bytes received re-walking already archived ranges of a relay without NIP-77.",
         |s| load(&s.recheck_bytes),
+    ),
+    (
+        "bigbrotr_relay_count_queries_total",
+        "NIP-45 COUNT requests sent to find the windows a relay without NIP-77 gained events in.",
+        |s| load(&s.count_queries),
+    ),
+    (
+        "bigbrotr_relay_recheck_windows_total",
+        "Windows re-walked because the relay's COUNT exceeded the archive's sightings of it.",
+        |s| load(&s.recheck_windows),
     ),
 ];
 

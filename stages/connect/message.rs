@@ -33,6 +33,9 @@ pub enum RelayMsg<'a> {
     Auth(&'a str),
     /// `["OK", id, accepted, message]`
     Ok(&'a str, bool, &'a str),
+    /// `["COUNT", sub, {"count": n, "approximate": bool}]` (NIP-45): `None` when the count
+    /// is missing or not a non-negative integer.
+    Count(&'a str, Option<u64>, bool),
     /// `["NEG-MSG", sub, hex]` (NIP-77)
     NegMsg(&'a str, &'a str),
     /// `["NEG-ERR", sub, reason]` (NIP-77)
@@ -72,6 +75,22 @@ pub fn parse<'a>(v: &'a Value<'a>) -> Option<RelayMsg<'a>> {
             ),
             s(a.get(3)).unwrap_or(""),
         ),
+        "COUNT" => {
+            let sub = s(a.get(1))?;
+            let (mut n, mut approximate) = (None, false);
+            if let Some(Value::Object(o)) = a.get(2) {
+                n = match o.get("count") {
+                    Some(Value::Static(simd_json::StaticNode::U64(n))) => Some(*n),
+                    Some(Value::Static(simd_json::StaticNode::I64(n))) => u64::try_from(*n).ok(),
+                    _ => None,
+                };
+                approximate = matches!(
+                    o.get("approximate"),
+                    Some(Value::Static(simd_json::StaticNode::Bool(true)))
+                );
+            }
+            RelayMsg::Count(sub, n, approximate)
+        }
         "NEG-MSG" => RelayMsg::NegMsg(s(a.get(1))?, s(a.get(2))?),
         "NEG-ERR" => RelayMsg::NegErr(s(a.get(1))?, s(a.get(2)).unwrap_or("")),
         other => RelayMsg::Other(other),

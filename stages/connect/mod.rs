@@ -9,6 +9,7 @@
 
 pub mod message;
 pub mod neg;
+mod recheck;
 pub mod transport;
 
 use crate::model::{
@@ -610,49 +611,6 @@ impl Connector {
             self.close_window(w.epoch, w.emitted, Some(after));
             u = oldest;
         }
-    }
-
-    /// Re-walks `recheck_horizon` below the cursor the run started from (once a run, relays
-    /// that were not reconciled): events that reached the relay late are found, the cursor
-    /// does not move, and the bytes are counted apart.
-    async fn recheck(
-        &mut self,
-        sess: &mut Session,
-        limit: &mut usize,
-        failures: &mut u32,
-    ) -> Result<(), Fail> {
-        let Some(top) = self.recheck_top else {
-            return Ok(());
-        };
-        let lo = self
-            .cfg
-            .floor
-            .max(top.saturating_sub(self.cfg.recheck_horizon));
-        if lo > top {
-            self.recheck_top = None;
-            return Ok(());
-        }
-        let before = self.relay.stats.bytes_received.load(Relaxed);
-        let mut scratch = CursorState {
-            synced_until: Some(lo - 1),
-            pending: None,
-        };
-        self.claiming = false;
-        let r = self
-            .walk(sess, &mut scratch, lo, top, top, limit, failures)
-            .await;
-        self.claiming = true;
-        let spent = self
-            .relay
-            .stats
-            .bytes_received
-            .load(Relaxed)
-            .saturating_sub(before);
-        self.relay.stats.recheck_bytes.fetch_add(spent, Relaxed);
-        if r.is_ok() {
-            self.recheck_top = None;
-        }
-        r
     }
 
     fn req_json(&self, sub: &str, since: i64, until: Option<i64>, limit: Option<usize>) -> String {

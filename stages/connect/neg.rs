@@ -44,7 +44,7 @@ const FRAME_LIMIT: u64 = 50_000;
 const MAX_ROUNDS: u32 = 1_000;
 /// How long the first NEG-OPEN of a relay may go unanswered before it is taken as "does not
 /// speak NIP-77" (many relays ignore unknown messages silently).
-const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Ids looked up in `events` per query.
 const LOOKUP_CHUNK: usize = 1_000;
 /// REQs by id in flight at once on one connection.
@@ -153,6 +153,39 @@ impl Archive {
             }
         }
         Ok(out)
+    }
+
+    /// How many sightings of `relay` the archive holds with created_at in [since, until].
+    pub async fn relay_count(
+        &self,
+        relay: &str,
+        since: i64,
+        until: i64,
+        kinds: Option<&[u16]>,
+    ) -> Result<u64, String> {
+        let c = self.pool.get().await.map_err(|e| e.to_string())?;
+        let row = match kinds {
+            Some(k) => {
+                let kinds: Vec<i32> = k.iter().map(|&k| i32::from(k)).collect();
+                c.query_one(
+                    "SELECT count(*) FROM events_relays er JOIN events e ON e.id = er.event_id \
+                     WHERE er.relay_url = $1 AND er.created_at BETWEEN $2 AND $3 \
+                       AND e.kind = ANY($4)",
+                    &[&relay, &since, &until, &kinds],
+                )
+                .await
+            }
+            None => {
+                c.query_one(
+                    "SELECT count(*) FROM events_relays \
+                     WHERE relay_url = $1 AND created_at BETWEEN $2 AND $3",
+                    &[&relay, &since, &until],
+                )
+                .await
+            }
+        }
+        .map_err(|e| e.to_string())?;
+        Ok(row.get::<_, i64>(0).max(0) as u64)
     }
 
     /// Records a sighting of `relay` for every id of `ids` whose body the archive holds;

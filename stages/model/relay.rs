@@ -209,6 +209,8 @@ pub struct RelayCtx {
     /// Whether the relay speaks NIP-77, once known ([`NIP77_UNKNOWN`], [`NIP77_YES`],
     /// [`NIP77_NO`]): remembered for the process so a relay without it is probed once.
     pub nip77: std::sync::atomic::AtomicU8,
+    /// Whether the relay answers exact NIP-45 COUNTs, once known (same values as `nip77`).
+    pub nip45: std::sync::atomic::AtomicU8,
 }
 
 /// [`RelayCtx::nip77`]: not probed yet.
@@ -226,6 +228,7 @@ impl RelayCtx {
             stats: RelayStats::default(),
             progress: Progress::new(state),
             nip77: std::sync::atomic::AtomicU8::new(NIP77_UNKNOWN),
+            nip45: std::sync::atomic::AtomicU8::new(NIP77_UNKNOWN),
         })
     }
 }

@@ -156,8 +156,12 @@ pub struct RelayStats {
     pub sightings_without_body: AtomicU64,
     /// Ids the relay claimed in reconciliation but did not serve when asked.
     pub ids_unserved: AtomicU64,
-    /// Bytes received by the re-walk of a recent horizon (relays without NIP-77).
+    /// Bytes received by re-walks of already archived ranges (relays without NIP-77).
     pub recheck_bytes: AtomicU64,
+    /// NIP-45 COUNT requests sent to find the windows a relay without NIP-77 gained events in.
+    pub count_queries: AtomicU64,
+    /// Windows re-walked because the relay's COUNT exceeded the archive's sightings.
+    pub recheck_windows: AtomicU64,
     neg_fallbacks: [AtomicU64; Fallback::ALL.len()],
     rejected: [AtomicU64; Reason::ALL.len()],
 }
