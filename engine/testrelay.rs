@@ -19,7 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::gen::{self, GenEvent};
 
-/// How the relay misbehaves; all default to a compliant relay (one without NIP-77).
+/// How the relay misbehaves; all default to a compliant relay (one without NIP-77 or NIP-45).
 #[derive(Clone, Debug)]
 pub struct Behavior {
     /// Sends every matching event regardless of `limit`.
@@ -76,6 +76,8 @@ pub struct Behavior {
     /// A REQ whose filter has `ids` is answered with other stored events (not the asked ones)
     /// instead: per such filter, up to as many as it asks for, newest first, then EOSE.
     pub ids_serve_others: bool,
+    /// NIP-45: how the relay answers COUNT (default: unsupported, a NOTICE as today).
+    pub count: CountMode,
 }
 
 impl Default for Behavior {
@@ -104,6 +106,7 @@ impl Default for Behavior {
             neg_frame_limit: 60_000,
             neg_phantoms: Vec::new(),
             ids_serve_others: false,
+            count: CountMode::Unsupported,
         }
     }
 }
@@ -130,6 +133,24 @@ pub enum NegMode {
     StallAfterOpen,
 }
 
+/// How the test relay answers NIP-45 COUNT.
+///
+/// A COUNT counts the stored events only: the REQ misbehaviours (`ignore_limit`, `max_limit`,
+/// `ignore_until`, `ids_serve_others`, `bad_sig`, `out_of_range`, `closed`, …) and the
+/// `neg_phantoms` play no part in it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum CountMode {
+    /// No NIP-45: COUNT gets a NOTICE.
+    #[default]
+    Unsupported,
+    /// `["COUNT", sub, {"count": n}]` with n = the number of stored events matching any of the filters (limit ignored, as NIP-45 says).
+    Exact,
+    /// Like Exact but adds `"approximate": true` to the answer object.
+    Approximate,
+    /// Answers `["CLOSED", sub, "error: count disabled"]`.
+    Closed,
+}
+
 /// Counters the tests assert on.
 #[derive(Debug, Default)]
 pub struct RelayCounters {
@@ -153,6 +174,8 @@ pub struct RelayCounters {
     pub id_reqs: AtomicU64,
     /// Total entries of the `ids` arrays in those REQs.
     pub ids_asked: AtomicU64,
+    /// COUNT messages received (whatever the `CountMode`, `Unsupported` included).
+    pub counts: AtomicU64,
 }
 
 /// Events newest first, ties by lowest id, so a since/until window is a contiguous slice.
@@ -359,6 +382,23 @@ fn query(store: &Store, f: &Filter, b: &Behavior) -> Vec<Arc<GenEvent>> {
         .take(limit)
         .cloned()
         .collect()
+}
+
+/// NIP-45: how many stored events match any of `filters` (each counted once; `limit` ignored).
+/// Only the slice between the widest `until` and the widest `since` is scanned.
+fn count_matching(store: &Store, filters: &[Filter]) -> u64 {
+    let lo = filters.iter().map(|f| store.upper(f.until)).min();
+    let hi = filters.iter().map(|f| store.lower(f.since)).max();
+    let (Some(lo), Some(hi)) = (lo, hi) else {
+        return 0;
+    };
+    if lo >= hi {
+        return 0;
+    }
+    store.events[lo..hi]
+        .iter()
+        .filter(|e| filters.iter().any(|f| f.matches(e)))
+        .count() as u64
 }
 
 /// Everything a REQ reply sends, in order, before the garbage is interleaved.
@@ -692,9 +732,48 @@ impl Conn {
                     self.negs.remove(sub);
                 }
             }
+            Some("COUNT") => {
+                self.shared.counters.counts.fetch_add(1, Ordering::Relaxed);
+                self.handle_count(&msg).await?
+            }
             other => self.unsupported(other).await?,
         }
         self.flush().await
+    }
+
+    /// NIP-45 COUNT, answered per `Behavior::count`.
+    async fn handle_count(&mut self, msg: &[Value]) -> Result<(), Stop> {
+        let mode = self.shared.behavior.count.clone();
+        if mode == CountMode::Unsupported {
+            return self.unsupported(Some("COUNT")).await;
+        }
+        let Some(sub) = msg.get(1).and_then(Value::as_str).map(String::from) else {
+            return self
+                .frame(notice("invalid: COUNT without a subscription id"))
+                .await;
+        };
+        let closed = |why: &str| serde_json::to_string(&("CLOSED", &sub, why)).unwrap_or_default();
+        if sub.is_empty() || sub.chars().count() > 64 {
+            return self
+                .frame(closed("invalid: subscription id must be 1-64 chars"))
+                .await;
+        }
+        if mode == CountMode::Closed {
+            return self.frame(closed("error: count disabled")).await;
+        }
+        let filters: Result<Vec<Filter>, String> = msg.iter().skip(2).map(Filter::parse).collect();
+        let filters = match filters {
+            Ok(f) => f,
+            Err(why) => return self.frame(closed(&format!("invalid: {why}"))).await,
+        };
+        let n = count_matching(&self.shared.read_store(), &filters);
+        let answer = if mode == CountMode::Approximate {
+            serde_json::json!({"count": n, "approximate": true})
+        } else {
+            serde_json::json!({"count": n})
+        };
+        let r = serde_json::to_string(&("COUNT", &sub, answer)).unwrap_or_default();
+        self.frame(r).await
     }
 
     async fn unsupported(&mut self, what: Option<&str>) -> Result<(), Stop> {
@@ -1129,10 +1208,10 @@ impl TestRelay {
     }
 
     /// Adds an event directly (no client, no verification): it is stored in order, so any
-    /// created_at works, backdated included; later REQs and NEG-OPENs whose filter matches see
-    /// it, and it is delivered to open subscriptions whose filter matches (a backdated event only
-    /// if it is within their since/until). A known id is counted but not stored twice; negentropy
-    /// sessions already open keep the set they were opened with.
+    /// created_at works, backdated included; later REQs, NEG-OPENs and COUNTs whose filter
+    /// matches see it, and it is delivered to open subscriptions whose filter matches (a
+    /// backdated event only if it is within their since/until). A known id is counted but not
+    /// stored twice; negentropy sessions already open keep the set they were opened with.
     pub fn publish(&self, ev: GenEvent) {
         self.shared.publish(ev);
     }

@@ -1,13 +1,14 @@
-//! NIP-77 (negentropy) on the project's fault-injecting test relay, driven by a raw WebSocket
-//! client with the `negentropy` crate as the reconciling side: the compliant mode finds exactly
-//! the differences, and every misbehaviour does what it says.
+//! NIP-77 (negentropy) and NIP-45 (COUNT) on the project's fault-injecting test relay, driven by
+//! a raw WebSocket client with the `negentropy` crate as the reconciling side: the compliant modes
+//! find exactly the differences and count exactly the stored matches, and every misbehaviour does
+//! what it says.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bigbrotr::gen::{generate, GenEvent, GenSpec};
-use bigbrotr::testrelay::{Behavior, NegMode, TestRelay};
+use bigbrotr::testrelay::{Behavior, CountMode, NegMode, TestRelay};
 use futures_util::{SinkExt, StreamExt};
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use serde_json::{json, Value};
@@ -550,5 +551,269 @@ async fn hostile_client_messages_get_neg_err_not_a_crash() {
         .await
         .unwrap_err();
     assert_eq!(err, "error: Frame size limit too small");
+    r.stop().await;
+}
+
+fn count_mode(mode: CountMode) -> Behavior {
+    Behavior {
+        count: mode,
+        ..Default::default()
+    }
+}
+
+/// One signed event dated exactly `at`.
+fn event_at(at: i64, seed: u64) -> GenEvent {
+    let ev = generate(&GenSpec {
+        count: 1,
+        authors: 1,
+        kinds: vec![1],
+        content_len: (5, 30),
+        tags_per_event: (0, 0),
+        start_ts: at,
+        spread_secs: 1,
+        seed,
+    })
+    .remove(0);
+    assert_eq!(ev.created_at, at);
+    ev
+}
+
+/// The stored events in `[since, until]`.
+fn in_window(evs: &[GenEvent], since: i64, until: i64) -> usize {
+    evs.iter()
+        .filter(|e| e.created_at >= since && e.created_at <= until)
+        .count()
+}
+
+/// Sends a COUNT and returns the relay's answer frame.
+async fn count(ws: &mut Ws, sub: &str, filters: &[Value]) -> Value {
+    let mut msg = vec![json!("COUNT"), json!(sub)];
+    msg.extend_from_slice(filters);
+    send(ws, Value::Array(msg)).await;
+    expect(ws).await
+}
+
+/// The `n` of a `["COUNT", sub, {"count": n}]` answer without `approximate`.
+async fn exact(ws: &mut Ws, sub: &str, filters: &[Value]) -> u64 {
+    let v = count(ws, sub, filters).await;
+    assert_eq!((&v[0], &v[1]), (&json!("COUNT"), &json!(sub)), "{v}");
+    let obj = v[2].as_object().expect("COUNT answer is not an object");
+    assert_eq!(obj.len(), 1, "{v}");
+    obj["count"].as_u64().expect("count is not a number")
+}
+
+#[tokio::test]
+async fn count_unsupported_by_default() {
+    let evs = events(50, 90);
+    let r = relay(&evs, Behavior::default()).await;
+    let mut ws = connect(&r).await;
+    let v = count(&mut ws, "c", &[json!({})]).await;
+    assert_eq!(v, json!(["NOTICE", "unsupported message type: COUNT"]));
+    // A broken COUNT gets the same NOTICE: nothing of it is read.
+    send(&mut ws, json!(["COUNT"])).await;
+    assert_eq!(
+        expect(&mut ws).await,
+        json!(["NOTICE", "unsupported message type: COUNT"])
+    );
+    // Still a working relay.
+    assert_eq!(req_ids(&mut ws, "r", json!({})).await.len(), 50);
+    let c = r.counters();
+    assert_eq!(c.counts.load(Relaxed), 2);
+    assert_eq!(c.reqs.load(Relaxed), 1);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn count_exact_counts_the_store() {
+    let evs = events(500, 91);
+    // max_limit and ignore_until shape REQ replies only: COUNT ignores them.
+    let r = relay(
+        &evs,
+        Behavior {
+            count: CountMode::Exact,
+            max_limit: Some(10),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut ws = connect(&r).await;
+    assert_eq!(exact(&mut ws, "all", &[json!({})]).await, 500);
+    assert_eq!(exact(&mut ws, "all", &[json!({"limit": 3})]).await, 500);
+    assert_eq!(req_ids(&mut ws, "r", json!({})).await.len(), 10);
+    // Closed, so the publishes below are not delivered to it.
+    send(&mut ws, json!(["CLOSE", "r"])).await;
+
+    let mut ts: Vec<i64> = evs.iter().map(|e| e.created_at).collect();
+    ts.sort();
+    let (since, until) = (ts[100], ts[299]);
+    let want = in_window(&evs, since, until);
+    assert!((200..=210).contains(&want), "{want}");
+    let window = json!({"since": since, "until": until});
+    assert_eq!(
+        exact(&mut ws, "w", std::slice::from_ref(&window)).await,
+        want as u64
+    );
+    let only_since = in_window(&evs, since, i64::MAX) as u64;
+    assert_eq!(
+        exact(&mut ws, "w", &[json!({"since": since})]).await,
+        only_since
+    );
+    let only_until = in_window(&evs, i64::MIN, until) as u64;
+    assert_eq!(
+        exact(&mut ws, "w", &[json!({"until": until})]).await,
+        only_until
+    );
+    // An empty window and an inverted one.
+    assert_eq!(exact(&mut ws, "w", &[json!({"until": START - 1})]).await, 0);
+    assert_eq!(
+        exact(&mut ws, "w", &[json!({"since": until, "until": since})]).await,
+        0
+    );
+
+    // The other fields are matched too.
+    let author = evs[0].pubkey;
+    let by_author = evs.iter().filter(|e| e.pubkey == author).count() as u64;
+    assert!((1..500).contains(&by_author), "{by_author}");
+    let f = json!({"authors": [hex::encode(author)]});
+    assert_eq!(exact(&mut ws, "a", &[f]).await, by_author);
+    assert_eq!(exact(&mut ws, "k", &[json!({"kinds": [7]})]).await, 0);
+    let asked =
+        json!({"ids": [hex::encode(evs[3].id), hex::encode(evs[4].id), hex::encode([7u8; 32])]});
+    assert_eq!(exact(&mut ws, "i", &[asked]).await, 2);
+
+    // Several filters: an event matching more than one counts once.
+    let (mid, end) = (ts[200], ts[399]);
+    let overlap = json!({"since": mid, "until": end});
+    let union = in_window(&evs, since, end) as u64;
+    assert_eq!(exact(&mut ws, "u", &[window.clone(), overlap]).await, union);
+    let disjoint = json!({"until": START + 1000});
+    let both = want as u64 + in_window(&evs, i64::MIN, START + 1000) as u64;
+    assert!(ts[100] > START + 1000, "the windows overlap");
+    assert_eq!(exact(&mut ws, "u", &[window.clone(), disjoint]).await, both);
+    // No filter matches nothing.
+    assert_eq!(exact(&mut ws, "none", &[]).await, 0);
+
+    // A backdated publish (dated inside the window, older than most of the store) is counted
+    // by the next COUNT of its window, and of everything; once, however often it is published.
+    let backdated = event_at(since + 1, 92);
+    assert!(!evs.iter().any(|e| e.id == backdated.id));
+    r.publish(backdated.clone());
+    r.publish(backdated);
+    assert_eq!(
+        exact(&mut ws, "w", std::slice::from_ref(&window)).await,
+        want as u64 + 1
+    );
+    assert_eq!(exact(&mut ws, "all", &[json!({})]).await, 501);
+    // One before the whole store: only windows reaching back that far see it.
+    r.publish(event_at(START - 50_000, 93));
+    assert_eq!(
+        exact(&mut ws, "old", &[json!({"until": START - 1})]).await,
+        1
+    );
+    assert_eq!(exact(&mut ws, "w", &[window]).await, want as u64 + 1);
+    assert_eq!(exact(&mut ws, "all", &[json!({})]).await, 502);
+
+    let c = r.counters();
+    assert_eq!(c.counts.load(Relaxed), 18);
+    assert_eq!(c.reqs.load(Relaxed), 1);
+    assert_eq!(c.published.load(Relaxed), 3);
+    assert_eq!(c.events_sent.load(Relaxed), 10);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn count_approximate_and_closed() {
+    let evs = events(500, 94);
+    let r = relay(&evs, count_mode(CountMode::Approximate)).await;
+    let mut ws = connect(&r).await;
+    assert_eq!(
+        count(&mut ws, "a", &[json!({})]).await,
+        json!(["COUNT", "a", {"count": 500, "approximate": true}])
+    );
+    let until = START + 50_000;
+    let want = in_window(&evs, i64::MIN, until);
+    assert!((200..300).contains(&want), "{want}");
+    assert_eq!(
+        count(&mut ws, "a", &[json!({"until": until, "limit": 1})]).await,
+        json!(["COUNT", "a", {"count": want, "approximate": true}])
+    );
+    assert_eq!(r.counters().counts.load(Relaxed), 2);
+    r.stop().await;
+
+    let r = relay(&evs, count_mode(CountMode::Closed)).await;
+    let mut ws = connect(&r).await;
+    assert_eq!(
+        count(&mut ws, "c", &[json!({})]).await,
+        json!(["CLOSED", "c", "error: count disabled"])
+    );
+    assert_eq!(
+        count(&mut ws, "c2", &[json!({"since": START})]).await,
+        json!(["CLOSED", "c2", "error: count disabled"])
+    );
+    // Still a working relay.
+    assert_eq!(req_ids(&mut ws, "r", json!({"limit": 5})).await.len(), 5);
+    let c = r.counters();
+    assert_eq!(c.counts.load(Relaxed), 2);
+    assert_eq!(c.events_sent.load(Relaxed), 5);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn hostile_count_messages_get_closed_or_notice_not_a_crash() {
+    let evs = events(100, 95);
+    let r = relay(&evs, count_mode(CountMode::Exact)).await;
+    let mut ws = connect(&r).await;
+    let long = "x".repeat(65);
+    let cases = [
+        (
+            json!(["COUNT", "h", []]),
+            json!(["CLOSED", "h", "invalid: filter is not an object"]),
+        ),
+        (
+            json!(["COUNT", "h", {}, 5]),
+            json!(["CLOSED", "h", "invalid: filter is not an object"]),
+        ),
+        (
+            json!(["COUNT", "h", {"since": "yesterday"}]),
+            json!(["CLOSED", "h", "invalid: since is not a number"]),
+        ),
+        (
+            json!(["COUNT", "h", {"kinds": 1}]),
+            json!(["CLOSED", "h", "invalid: kinds is not an array"]),
+        ),
+        (
+            json!(["COUNT", "", {}]),
+            json!(["CLOSED", "", "invalid: subscription id must be 1-64 chars"]),
+        ),
+        (
+            json!(["COUNT", long, {}]),
+            json!([
+                "CLOSED",
+                long,
+                "invalid: subscription id must be 1-64 chars"
+            ]),
+        ),
+        (
+            json!(["COUNT"]),
+            json!(["NOTICE", "invalid: COUNT without a subscription id"]),
+        ),
+        (
+            json!(["COUNT", 7, {}]),
+            json!(["NOTICE", "invalid: COUNT without a subscription id"]),
+        ),
+        // Unknown fields are ignored, as in a REQ.
+        (
+            json!(["COUNT", "h", {"search": "x"}]),
+            json!(["COUNT", "h", {"count": 100}]),
+        ),
+    ];
+    for (msg, want) in &cases {
+        send(&mut ws, msg.clone()).await;
+        assert_eq!(&expect(&mut ws).await, want, "for {msg}");
+    }
+    // Still a working relay on the same socket.
+    assert_eq!(exact(&mut ws, "ok", &[json!({})]).await, 100);
+    assert_eq!(req_ids(&mut ws, "r", json!({"limit": 4})).await.len(), 4);
+    assert_eq!(r.counters().counts.load(Relaxed), cases.len() as u64 + 1);
     r.stop().await;
 }
