@@ -134,7 +134,6 @@ fn bench_dedupe_batch(c: &mut Criterion) {
                             epoch: 0,
                         },
                         seen_at: 0,
-                        created_at: e.created_at,
                     })
                     .collect::<Vec<_>>()
             },
@@ -202,6 +201,7 @@ fn bench_sink(c: &mut Criterion) {
                             epoch: 0,
                         },
                         seen_at: 0,
+                        created_at: e.created_at,
                     })
                     .collect();
                 bigbrotr::stages::model::Batch { events, sightings }
@@ -218,8 +218,84 @@ fn bench_sink(c: &mut Criterion) {
     g.finish();
 }
 
+/// (created_at, id) pairs as a relay's archive side: `n` items over 60 days, ids hashed.
+fn neg_items(n: usize, salt: u64) -> Vec<(u64, [u8; 32])> {
+    use sha2::{Digest, Sha256};
+    (0..n as u64)
+        .map(|i| {
+            let id: [u8; 32] = Sha256::digest((i ^ salt.rotate_left(32)).to_le_bytes()).into();
+            (1_700_000_000 + (i * 5_184_000 / n as u64), id)
+        })
+        .collect()
+}
+
+fn neg_storage(items: &[(u64, [u8; 32])]) -> negentropy::NegentropyStorageVector {
+    let mut st = negentropy::NegentropyStorageVector::with_capacity(items.len());
+    for (t, id) in items {
+        let _ = st.insert(*t, negentropy::Id::from_byte_array(*id));
+    }
+    let _ = st.seal();
+    st
+}
+
+/// Runs a whole reconciliation in memory (client = the archive's side, server = the relay's);
+/// returns (rounds, bytes both ways, missing ids).
+fn reconcile_in_memory(
+    ours: &[(u64, [u8; 32])],
+    theirs: &negentropy::NegentropyStorageVector,
+) -> (usize, usize, usize) {
+    let mut client = negentropy::Negentropy::owned(neg_storage(ours), 50_000).expect("client");
+    let mut server = negentropy::Negentropy::borrowed(theirs, 60_000).expect("server");
+    let mut msg = client.initiate().expect("initiate");
+    let (mut rounds, mut bytes) = (1, msg.len());
+    let (mut have, mut need) = (Vec::new(), Vec::new());
+    loop {
+        let reply = server.reconcile(&msg).expect("server reconcile");
+        bytes += reply.len();
+        match client
+            .reconcile_with_ids(&reply, &mut have, &mut need)
+            .expect("client reconcile")
+        {
+            Some(m) => {
+                rounds += 1;
+                bytes += m.len();
+                msg = m;
+            }
+            None => return (rounds, bytes, need.len()),
+        }
+    }
+}
+
+/// NIP-77 on the archive's side: building the negentropy set of a range (what the connector
+/// does with the rows of one `events_relays` range scan), and whole reconciliations of
+/// 100,000 ids against a relay holding the same set or 1 % more.
+fn bench_reconcile(c: &mut Criterion) {
+    let mut g = c.benchmark_group("reconcile");
+    g.sample_size(10);
+    let n = 100_000;
+    let ours = neg_items(n, 1);
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("build_set_100k", |b| b.iter(|| neg_storage(&ours)));
+    let same = neg_storage(&ours);
+    let (rounds, bytes, missing) = reconcile_in_memory(&ours, &same);
+    eprintln!("identical 100k sets: {rounds} rounds, {bytes} bytes, {missing} missing");
+    g.bench_function("identical_100k", |b| {
+        b.iter(|| reconcile_in_memory(&ours, &same))
+    });
+    let mut more = ours.clone();
+    more.extend(neg_items(n / 100, 2));
+    let more = neg_storage(&more);
+    let (rounds, bytes, missing) = reconcile_in_memory(&ours, &more);
+    eprintln!("100k vs 101k (1 % late events): {rounds} rounds, {bytes} bytes, {missing} missing");
+    g.bench_function("one_percent_missing_100k", |b| {
+        b.iter(|| reconcile_in_memory(&ours, &more))
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    bench_reconcile,
     bench_parse,
     bench_id,
     bench_verify,
