@@ -285,3 +285,27 @@ async fn kill_9_during_reconciliation_then_restart_ends_with_the_same_archive() 
     assert_eq!(sightings(&pool).await.len(), 20_000);
     assert_eq!(reverify_all(&pool).await, 20_000);
 }
+
+/// `sync.fetch_known_bodies = true`: every relay's copy is downloaded (and its sighting is of
+/// a body the relay served), none is recorded from the id alone; signatures are still
+/// verified once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_known_bodies_downloads_every_relays_copy() {
+    let events = generate(&spec(1_000, 81));
+    let relays = [nostr_relay(&events).await, nostr_relay(&events).await];
+    let mut urls = Vec::new();
+    for r in &relays {
+        urls.push(r.url().await.to_string());
+    }
+    let (pool, db) = test_db().await;
+    let mut cfg = config(&db);
+    cfg.sync.fetch_known_bodies = true;
+    let report = pass(&pool, &cfg, &urls).await;
+    assert_same_ids(&event_ids(&pool).await, &ids(&events), "archive");
+    assert_eq!(sightings(&pool).await.len(), 2_000);
+    let received: u64 = report.relays.iter().map(|r| r.received).sum();
+    let without_body: u64 = report.relays.iter().map(|r| r.sightings_without_body).sum();
+    assert_eq!(received, 2_000);
+    assert_eq!(without_body, 0);
+    assert_eq!(report.verified, 1_000, "each signature verified once");
+}

@@ -32,10 +32,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Most (created_at, id) pairs of the archive's side in one reconciliation (40 bytes each in
 /// the negentropy set): a larger range is split by time.
-pub const ITEMS_CAP: usize = 250_000;
+pub const ITEMS_CAP: usize = 100_000;
 /// Most ids one reconciliation may report missing before the range is split: bounds the
 /// list held while they are looked up and fetched.
-pub const MISSING_CAP: usize = 100_000;
+pub const MISSING_CAP: usize = 50_000;
 /// The frame size limit our side of negentropy keeps to (bytes before hex): a NEG-MSG is
 /// then at most ~100 KB of text, under strfry's default 128 KiB payload limit.
 const FRAME_LIMIT: u64 = 50_000;
@@ -45,6 +45,10 @@ const MAX_ROUNDS: u32 = 1_000;
 /// How long the first NEG-OPEN of a relay may go unanswered before it is taken as "does not
 /// speak NIP-77" (many relays ignore unknown messages silently).
 pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Reconciliations whose sets are held at once in the whole process (each up to
+/// [`ITEMS_CAP`] items of 40 bytes and [`MISSING_CAP`] ids): with hundreds of relays syncing,
+/// memory stays a few tens of MiB whatever their size.
+const RECONCILE_SLOTS: usize = 4;
 /// Ids looked up in `events` per query.
 const LOOKUP_CHUNK: usize = 1_000;
 /// REQs by id in flight at once on one connection.
@@ -91,6 +95,7 @@ impl InFlight {
 pub struct Archive {
     pool: Pool,
     inflight: Mutex<InFlight>,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Archive {
@@ -99,6 +104,7 @@ impl Archive {
         Arc::new(Archive {
             pool,
             inflight: Mutex::new(InFlight::default()),
+            slots: Arc::new(tokio::sync::Semaphore::new(RECONCILE_SLOTS)),
         })
     }
 
@@ -332,6 +338,11 @@ impl Connector {
             if lo > hi {
                 continue;
             }
+            // The set and the exchange hold a slot; fetching the missing bodies does not.
+            let slot = tokio::select! {
+                _ = self.stop.changed() => return Err(Fail::Stop),
+                p = archive.slots.clone().acquire_owned() => p,
+            };
             if self.stopped() {
                 return Err(Fail::Stop);
             }
@@ -350,8 +361,9 @@ impl Connector {
             let outcome = if items.len() > ITEMS_CAP {
                 Range::TooMany
             } else {
-                self.reconcile_range(sess, lo, hi, &items).await?
+                self.reconcile_range(sess, lo, hi, items).await?
             };
+            drop(slot);
             match outcome {
                 Range::Done(missing) => {
                     if !self.bring_level(sess, &archive, missing).await? {
@@ -407,12 +419,12 @@ impl Connector {
         sess: &mut Session,
         lo: i64,
         hi: i64,
-        items: &[(i64, [u8; 32])],
+        items: Vec<(i64, [u8; 32])>,
     ) -> Result<Range, Fail> {
         let mut storage = NegentropyStorageVector::with_capacity(items.len());
         for (t, id) in items {
             // created_at is never negative in the archive (the parser refuses it).
-            let _ = storage.insert((*t).max(0) as u64, Id::from_byte_array(*id));
+            let _ = storage.insert(t.max(0) as u64, Id::from_byte_array(id));
         }
         if storage.seal().is_err() {
             return Ok(Range::Fallback(Fallback::Malformed, "cannot seal".into()));
@@ -662,12 +674,16 @@ impl Connector {
         let mut unserved: Vec<[u8; 32]> = Vec::new();
         let per_req = self.cfg.limit.clamp(1, 500);
         let mut queue: Vec<[u8; 32]> = Vec::new();
+        if self.cfg.fetch_known_bodies {
+            // Every sighting is of a body this relay served: no shortcut through the archive
+            // or through another connector's download.
+            for batch in missing.chunks(per_req * FETCH_IN_FLIGHT) {
+                unserved.extend(self.fetch_ids(sess, batch, per_req).await?);
+            }
+            return self.finish_unserved(sess, archive, unserved, per_req).await;
+        }
         for chunk in missing.chunks(LOOKUP_CHUNK) {
-            let rest = if self.cfg.fetch_known_bodies {
-                chunk.to_vec()
-            } else {
-                self.record_known(archive, &url, chunk).await?
-            };
+            let rest = self.record_known(archive, &url, chunk).await?;
             let (mine, others) = archive.claim(&rest);
             deferred.extend(others);
             queue.extend(mine);
@@ -701,8 +717,20 @@ impl Connector {
                 return Err(Fail::Stop);
             }
         }
+        self.finish_unserved(sess, archive, unserved, per_req).await
+    }
+
+    /// Asks once more for the ids a relay did not serve, a few at a time (for relays that cap
+    /// how many ids a REQ returns); returns whether none is left unserved.
+    async fn finish_unserved(
+        &mut self,
+        sess: &mut Session,
+        archive: &Archive,
+        mut unserved: Vec<[u8; 32]>,
+        per_req: usize,
+    ) -> Result<bool, Fail> {
+        let url = self.relay.url.to_string();
         if !unserved.is_empty() {
-            // Asked once more, a few at a time, for relays that cap how many ids a REQ returns.
             let per_req = per_req.min(50);
             unserved = self
                 .fetch_claimed(sess, archive, &unserved, per_req)
