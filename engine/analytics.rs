@@ -500,6 +500,9 @@ pub async fn run_forever(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let a = &cfg.analytics;
+    // Events that predate the tag index (migration 013) are indexed beside the refresher;
+    // the task ends when the backfill has (at once on an archive already indexed).
+    tokio::spawn(crate::tag_backfill::run(pool.clone(), stop.clone()));
     set_view_tail(pool, a.view_tail).await?;
     let interval = Duration::from_secs_f64(a.interval.max(0.001));
     let orphan_every =

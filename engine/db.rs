@@ -21,7 +21,7 @@ const MIGRATION_LOCK_KEY: i64 = 0x6262_7472_6d69_6772;
 const RELAY_CHUNK: usize = 1000;
 
 /// The schema files, in application order.
-static MIGRATIONS: [(i32, &str, &str); 12] = [
+static MIGRATIONS: [(i32, &str, &str); 13] = [
     (
         1,
         "extensions_and_utils",
@@ -54,6 +54,7 @@ static MIGRATIONS: [(i32, &str, &str); 12] = [
         include_str!("../sql/011_analytics_fold.sql"),
     ),
     (12, "reconcile", include_str!("../sql/012_reconcile.sql")),
+    (13, "tag_index", include_str!("../sql/013_tag_index.sql")),
 ];
 
 /// Opens a pool of `size` connections to `url` (a libpq-style key=value string or a postgres:// URL); fails fast with a message naming the URL (password masked) if the server is unreachable.

@@ -9,7 +9,10 @@
 
 use crate::config::Config;
 use crate::db::Pool;
-use crate::filter_sql::{push, refs, stored_tags_and_content, Conditions, SqlParams, StoredError};
+use crate::filter_sql::{
+    push, refs, stored_tags_and_content, tag_index_ready, Conditions, FilterSql, SqlParams,
+    StoredError,
+};
 use anyhow::Context;
 use bb8_postgres::PostgresConnectionManager;
 use bigbrotr_stages::connect::TransportConfig;
@@ -168,9 +171,10 @@ impl ArchiveBackend {
 
     async fn count(&self, f: &Filter) -> Result<Answer, String> {
         let mut params = SqlParams::new();
-        let cond = conditions(f, &mut params);
-        let sql = format!("SELECT count(*) FROM events AS e WHERE {cond}");
         let conn = self.conn().await?;
+        let tag_index = !f.tags.is_empty() && tag_index_ready(&conn).await;
+        let FilterSql { from, conditions } = conditions(f, tag_index, &mut params);
+        let sql = format!("SELECT count(*) FROM {from} WHERE TRUE{conditions}");
         let row = conn
             .query_one(&sql, &refs(&params))
             .await
@@ -191,7 +195,9 @@ impl ArchiveBackend {
             return Ok(String::from("[]").into());
         }
         let mut params = SqlParams::new();
-        let cond = conditions(f, &mut params);
+        let conn = self.conn().await?;
+        let tag_index = !f.tags.is_empty() && tag_index_ready(&conn).await;
+        let FilterSql { from, conditions } = conditions(f, tag_index, &mut params);
         let n = push(
             Box::new(i64::try_from(limit).unwrap_or(i64::MAX)),
             &mut params,
@@ -211,12 +217,11 @@ impl ArchiveBackend {
                           coalesce(sum(octet_length(e.content) + {JSON_FLOOR}) OVER (
                               ORDER BY e.created_at DESC, e.id ASC
                               ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before
-                   FROM events AS e WHERE {cond}
+                   FROM {from} WHERE TRUE{conditions}
                    ORDER BY e.created_at DESC, e.id ASC LIMIT ${n}) AS s
              WHERE s.before <= ${budget}
              ORDER BY s.created_at DESC, s.id ASC"
         );
-        let conn = self.conn().await?;
         let rows = conn
             .query_raw(&sql, refs(&params))
             .await
@@ -304,9 +309,8 @@ impl Backend for ArchiveBackend {
 
 /// The WHERE condition of a NIP-01 filter over `events AS e`, its values appended to
 /// `params`. An empty list in a job's filter matches nothing.
-fn conditions(f: &Filter, params: &mut SqlParams) -> String {
+fn conditions(f: &Filter, tag_index: bool, params: &mut SqlParams) -> FilterSql {
     let bytes = |v: &Vec<[u8; 32]>| v.iter().map(|b| b.to_vec()).collect::<Vec<Vec<u8>>>();
-    let mut sql = String::from("TRUE");
     Conditions {
         ids: f.ids.as_ref().map(bytes),
         authors: f.authors.as_ref().map(bytes),
@@ -321,9 +325,10 @@ fn conditions(f: &Filter, params: &mut SqlParams) -> String {
             .iter()
             .map(|(l, v)| (l.to_string(), v.as_slice()))
             .collect(),
+        before: None,
+        tag_index,
     }
-    .append_to(&mut sql, params);
-    sql
+    .build(params)
 }
 
 /// Rebuilds the signed event of an `events` row; rows with `raw_canonical` (U+0000 in

@@ -37,11 +37,118 @@ pub struct Conditions<'a> {
     pub until: Option<i64>,
     /// `#<letter>` filters: (letter, accepted first values).
     pub tags: Vec<(String, &'a [String])>,
+    /// Only events strictly before this (created_at, id) in newest-first, id-descending
+    /// order (a page cursor).
+    pub before: Option<(i64, Vec<u8>)>,
+    /// Answer tag filters from `event_tags` (true once [`tag_index_ready`]); else by scanning
+    /// each candidate's tags.
+    pub tag_index: bool,
+}
+
+/// The query's source and conditions: `SELECT … FROM {from} WHERE TRUE{conditions}`. The
+/// rows are `events AS e`; order them by `e.created_at DESC, e.id …`.
+#[derive(Debug)]
+pub struct FilterSql {
+    /// The FROM clause.
+    pub from: String,
+    /// ` AND <condition>` for each condition.
+    pub conditions: String,
+}
+
+/// Whether `event_tags` covers every event (the backfill of migration 013 has finished).
+/// Any error (an archive without the table) reads as not ready.
+pub async fn tag_index_ready(client: &tokio_postgres::Client) -> bool {
+    client
+        .query_opt(
+            "SELECT (payload->>'done')::boolean FROM service_state \
+             WHERE service_name = 'tag_index' AND state_key = ''",
+            &[],
+        )
+        .await
+        .ok()
+        .flatten()
+        .and_then(|r| r.try_get::<_, Option<bool>>(0).ok().flatten())
+        .unwrap_or(false)
+}
+
+/// The distinct `event_tags` keys of a tag filter's values.
+fn filter_keys(letter: &str, values: &[String]) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = values
+        .iter()
+        .map(|v| bigbrotr_stages::sink::tag_key(letter, v).to_vec())
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 impl Conditions<'_> {
-    /// Appends ` AND <condition>` to `sql` for each condition, its values to `params`.
-    pub fn append_to(self, sql: &mut String, params: &mut SqlParams) {
+    /// Appends ` AND <condition>` to `sql` for each condition, its values to `params`, over
+    /// `events AS e` (tag filters scan the tags whatever `tag_index` says).
+    pub fn append_to(mut self, sql: &mut String, params: &mut SqlParams) {
+        self.tag_index = false;
+        let f = self.build(params);
+        sql.push_str(&f.conditions);
+    }
+
+    /// The FROM clause and conditions of the filter, its values appended to `params`.
+    ///
+    /// With `tag_index`, the tag filter with the fewest values drives the query: its
+    /// `event_tags` rows are read newest first from the (tag, created_at, event_id) index
+    /// (one ordered range per value, merged; an event matching several values once) and
+    /// joined to `events`, so `ORDER BY e.created_at DESC … LIMIT n` stops after about n
+    /// index entries when the other conditions hold; the other tag filters are index probes.
+    pub fn build(self, params: &mut SqlParams) -> FilterSql {
+        let mut from = String::from("events AS e");
+        let mut sql = String::new();
+        // The tag filter that drives, by fewest values.
+        let driver = if self.tag_index {
+            self.tags
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (_, v))| v.len())
+                .map(|(i, _)| i)
+        } else {
+            None
+        };
+        // The created_at / id columns range conditions go to: the driver's, when one drives.
+        let (ts, id) = match driver {
+            Some(_) => ("t.created_at", "t.event_id"),
+            None => ("e.created_at", "e.id"),
+        };
+        if let Some(d) = driver {
+            let (letter, values) = &self.tags[d];
+            let keys = filter_keys(letter, values);
+            match keys.len() {
+                0 => sql.push_str(" AND FALSE"),
+                1 => {
+                    let k = push(Box::new(keys[0].clone()), params);
+                    from = "event_tags AS t JOIN events AS e \
+                            ON e.id = t.event_id AND e.created_at = t.created_at"
+                        .into();
+                    sql.push_str(&format!(" AND t.tag = ${k}"));
+                    if let Some(kinds) = &self.kinds {
+                        let n = push(Box::new(kinds.clone()), params);
+                        sql.push_str(&format!(" AND t.kind = ANY(${n})"));
+                    }
+                }
+                _ => {
+                    let branches: Vec<String> = keys
+                        .into_iter()
+                        .map(|k| {
+                            let n = push(Box::new(k), params);
+                            format!("SELECT created_at, event_id FROM event_tags WHERE tag = ${n}")
+                        })
+                        .collect();
+                    from = format!(
+                        "(SELECT DISTINCT ON (u.created_at, u.event_id) u.created_at, u.event_id \
+                          FROM ({}) AS u ORDER BY u.created_at DESC, u.event_id DESC) AS t \
+                         JOIN events AS e ON e.id = t.event_id AND e.created_at = t.created_at",
+                        branches.join(" UNION ALL ")
+                    );
+                }
+            }
+        }
         if let Some(ids) = self.ids {
             let n = push(Box::new(ids), params);
             sql.push_str(&format!(" AND e.id = ANY(${n})"));
@@ -56,13 +163,30 @@ impl Conditions<'_> {
         }
         if let Some(v) = self.since {
             let n = push(Box::new(v), params);
-            sql.push_str(&format!(" AND e.created_at >= ${n}"));
+            sql.push_str(&format!(" AND {ts} >= ${n}"));
         }
         if let Some(v) = self.until {
             let n = push(Box::new(v), params);
-            sql.push_str(&format!(" AND e.created_at <= ${n}"));
+            sql.push_str(&format!(" AND {ts} <= ${n}"));
         }
-        for (letter, values) in self.tags {
+        if let Some((t, i)) = self.before {
+            let a = push(Box::new(t), params);
+            let b = push(Box::new(i), params);
+            sql.push_str(&format!(" AND ({ts}, {id}) < (${a}, ${b})"));
+        }
+        for (i, (letter, values)) in self.tags.into_iter().enumerate() {
+            if Some(i) == driver {
+                continue;
+            }
+            if self.tag_index {
+                let keys = filter_keys(&letter, values);
+                let n = push(Box::new(keys), params);
+                sql.push_str(&format!(
+                    " AND EXISTS (SELECT 1 FROM event_tags AS x WHERE x.tag = ANY(${n}) \
+                      AND x.created_at = e.created_at AND x.event_id = e.id)"
+                ));
+                continue;
+            }
             // NIP-01 matches a tag's first value only, whatever follows it (relay hints,
             // markers). Rows with raw_canonical hold tags whose U+0000 was replaced in the
             // jsonb copy: those are matched exactly in the canonical text instead, where a
@@ -89,6 +213,10 @@ impl Conditions<'_> {
                                       OR strpos(e.raw_canonical, p || ']') > 0)
                   END"
             ));
+        }
+        FilterSql {
+            from,
+            conditions: sql,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod pipeline;
 pub mod registry;
 pub mod state;
 pub mod sync;
+pub mod tag_backfill;
 pub mod testrelay;
 
 pub use bigbrotr_stages as stages;

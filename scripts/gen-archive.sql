@@ -20,7 +20,10 @@
 -- 2-year spread), kind 1 and 7 make up most of the traffic with a long tail of rarer kinds,
 -- every author publishes to 5 "home" relays drawn towards the popular ones (relay =
 -- relays * u^3), and each event is seen on 1 to 3 of them. Re-running with the same seed
--- adds nothing (ids repeat, inserts are idempotent); another seed adds more events.
+-- adds nothing (ids repeat, inserts are idempotent); another seed adds more events. Tags as
+-- the network's: half the events have a `p`, replies/reactions/zaps an `e`, some notes a `t`;
+-- with migration 013 applied, event_tags is filled for them (the archive then answers tag
+-- filters as if the engine had written it).
 
 \set ON_ERROR_STOP on
 \if :{?events}
@@ -117,11 +120,12 @@ BEGIN
                        ELSE k
                    END AS kind,
                    1 + floor(r3 * 3)::INT AS nsight,
-                   r2
+                   r2, r3, r4, r5
             FROM (
                 SELECT i,
                        floor(v_authors * power(random(), 2))::BIGINT AS a,
                        random() AS r1, random() AS r2, random() AS r3,
+                       random() AS r4, random() AS r5,
                        v_kinds[1 + floor(random() * 100)::INT] AS k
                 FROM generate_series(v_lo, least(v_lo + v_chunk, v_events) - 1) AS i
             ) AS raw
@@ -131,10 +135,24 @@ BEGIN
                    sha256(convert_to('author', 'UTF8') || int8send(c.author)),
                    c.created_at,
                    c.kind,
-                   CASE WHEN c.r2 < 0.5 THEN '[]'::JSONB
-                        ELSE jsonb_build_array(jsonb_build_array('p',
-                                 encode(sha256(convert_to('author', 'UTF8') || int8send((c.i * 7919) % v_authors)), 'hex')))
-                   END,
+                   -- e: replies, reactions, zaps and comments point at an earlier event
+                   -- (drawn towards the oldest, so a few are referenced very often); p: half
+                   -- the events mention an author (drawn towards the prolific ones); t: one
+                   -- note in seven carries a hashtag from a 2000-word vocabulary.
+                   (CASE WHEN c.kind IN (7, 9735, 1111) OR (c.kind = 1 AND c.r4 < 0.4)
+                         THEN jsonb_build_array(jsonb_build_array('e',
+                                  encode(sha256(v_salt || int8send(floor(c.i * c.r5 * c.r5)::BIGINT)), 'hex'),
+                                  '', 'reply'))
+                         ELSE '[]'::JSONB END)
+                   || (CASE WHEN c.r2 < 0.5 THEN '[]'::JSONB
+                            ELSE jsonb_build_array(jsonb_build_array('p',
+                                     encode(sha256(convert_to('author', 'UTF8') || int8send(
+                                         floor(v_authors * power(c.r5, 2))::BIGINT)), 'hex')))
+                       END)
+                   || (CASE WHEN c.kind = 1 AND c.r4 > 6.0 / 7
+                            THEN jsonb_build_array(jsonb_build_array('t',
+                                     'topic' || floor(2000 * power(c.r3, 3))::INT))
+                            ELSE '[]'::JSONB END),
                    repeat(md5(c.id::TEXT), 1 + (c.i % 4)::INT),
                    sha256(c.id) || sha256(sha256(c.id))
             FROM c
@@ -156,6 +174,34 @@ BEGIN
         v_lo := least(v_lo + v_chunk, v_events);
         RAISE NOTICE '% / % events (% s for this chunk)', v_lo, v_events,
             round(extract(epoch FROM clock_timestamp() - t0)::NUMERIC, 1);
+    END LOOP;
+END
+$$;
+
+-- The tag index (migration 013), one transaction per chunk of events in id order. Rows
+-- already there are kept, so re-running adds only the new events' tags.
+DO $$
+DECLARE
+    v_chunk  BIGINT := greatest(current_setting('gen.chunk')::BIGINT, 1);
+    v_after  BYTEA  := '\x'::BYTEA;
+    v_last   BYTEA;
+BEGIN
+    IF to_regclass('event_tags') IS NULL THEN
+        RETURN;
+    END IF;
+    LOOP
+        WITH b AS MATERIALIZED (
+            SELECT id, created_at, kind, tags FROM events
+            WHERE id > v_after AND raw_canonical IS NULL ORDER BY id LIMIT v_chunk
+        ), ins AS (
+            INSERT INTO event_tags (tag, created_at, event_id, kind)
+            SELECT k, b.created_at, b.id, b.kind FROM b, event_tag_keys(b.tags) AS k
+            ON CONFLICT DO NOTHING
+        )
+        SELECT max(id) INTO v_last FROM b;
+        EXIT WHEN v_last IS NULL;
+        v_after := v_last;
+        COMMIT;
     END LOOP;
 END
 $$;

@@ -90,9 +90,181 @@ fn strip_nul_json(json: &str) -> String {
     }
 }
 
+/// At most this many tag-index rows per event: its first indexable tags (see [`tag_keys`]).
+pub const MAX_TAG_ROWS: usize = 2000;
+
+/// The `event_tags` key of a tag value: the first 16 bytes of sha256(letter || 0x00 ||
+/// value), over the value's exact UTF-8 (U+0000 included). `tag_key` in sql/013 computes the
+/// same.
+pub fn tag_key(letter: &str, value: &str) -> [u8; 16] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(letter.as_bytes());
+    h.update([0u8]);
+    h.update(value.as_bytes());
+    let d = h.finalize();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&d[..16]);
+    out
+}
+
+/// Whether a tag name is indexed: one ASCII letter (NIP-01 tag filters).
+fn indexable_name(name: &str) -> bool {
+    name.len() == 1 && name.as_bytes()[0].is_ascii_alphabetic()
+}
+
+/// The distinct `event_tags` keys of an event's tags, given as (name, first value): only
+/// single-letter names with a string first value, the first [`MAX_TAG_ROWS`] such tags.
+pub fn tag_keys_of<'a>(
+    tags: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+) -> Vec<[u8; 16]> {
+    let mut keys: Vec<[u8; 16]> = tags
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value?)))
+        .filter(|(name, _)| indexable_name(name))
+        .take(MAX_TAG_ROWS)
+        .map(|(name, value)| tag_key(name, value))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// The distinct `event_tags` keys of a tags JSON array (an event's `tags_json`, or the text
+/// of a jsonb `tags`); values are unescaped, so `\u0000` is matched as U+0000. Malformed
+/// JSON yields no key.
+pub fn tag_keys(tags_json: &str) -> Vec<[u8; 16]> {
+    use serde::de::{Deserializer, IgnoredAny, SeqAccess, Visitor};
+    use std::borrow::Cow;
+    // A tag's name and first value when the first value is a string; the rest skipped.
+    struct Head(Option<(String, String)>);
+    impl<'de> serde::Deserialize<'de> for Head {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Head, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Head;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a tag")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Head, A::Error> {
+                    let name: Option<Cow<'de, str>> =
+                        seq.next_element::<Loose>()?.and_then(|l| l.0);
+                    let mut out = None;
+                    if let Some(name) = name.filter(|n| indexable_name(n)) {
+                        if let Some(Loose(Some(v))) = seq.next_element::<Loose>()? {
+                            out = Some((name.into_owned(), v.into_owned()));
+                        }
+                    }
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(Head(out))
+                }
+                fn visit_unit<E>(self) -> Result<Head, E> {
+                    Ok(Head(None))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    // A string, or anything else (None).
+    struct Loose<'de>(Option<Cow<'de, str>>);
+    impl<'de> serde::Deserialize<'de> for Loose<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Loose<'de>, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Loose<'de>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a value")
+                }
+                fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Loose<'de>, E> {
+                    Ok(Loose(Some(Cow::Borrowed(v))))
+                }
+                fn visit_str<E>(self, v: &str) -> Result<Loose<'de>, E> {
+                    Ok(Loose(Some(Cow::Owned(v.to_owned()))))
+                }
+                fn visit_string<E>(self, v: String) -> Result<Loose<'de>, E> {
+                    Ok(Loose(Some(Cow::Owned(v))))
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Loose<'de>, A::Error> {
+                    while seq.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(Loose(None))
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut m: A,
+                ) -> Result<Loose<'de>, A::Error> {
+                    while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    Ok(Loose(None))
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Loose<'de>, E> {
+                    Ok(Loose(None))
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<Loose<'de>, E> {
+                    Ok(Loose(None))
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<Loose<'de>, E> {
+                    Ok(Loose(None))
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Loose<'de>, E> {
+                    Ok(Loose(None))
+                }
+                fn visit_unit<E>(self) -> Result<Loose<'de>, E> {
+                    Ok(Loose(None))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+    let heads: Vec<Head> = match serde_json::from_str(tags_json) {
+        Ok(h) => h,
+        Err(_) => return Vec::new(),
+    };
+    tag_keys_of(
+        heads
+            .iter()
+            .filter_map(|h| h.0.as_ref())
+            .map(|(n, v)| (n.as_str(), Some(v.as_str()))),
+    )
+}
+
+/// One `event_tags` row per key of each event of a batch: (key, index of the event).
+fn batch_tag_rows(events: &[Event]) -> Vec<([u8; 16], usize)> {
+    let mut rows = Vec::new();
+    for (i, ev) in events.iter().enumerate() {
+        rows.extend(tag_keys(&ev.tags_json).into_iter().map(|k| (k, i)));
+    }
+    rows
+}
+
+const TAG_TYPES: [Type; 4] = [Type::BYTEA, Type::INT8, Type::BYTEA, Type::INT4];
+
+/// COPYs tag-index rows into `table` (`event_tags` or its staging copy).
+async fn copy_tags(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: &str,
+    events: &[Event],
+    rows: &[([u8; 16], usize)],
+) -> Result<u64, tokio_postgres::Error> {
+    let sink = tx
+        .copy_in(&format!(
+            "COPY {table} (tag, created_at, event_id, kind) FROM STDIN (FORMAT binary)"
+        ))
+        .await?;
+    let w = BinaryCopyInWriter::new(sink, &TAG_TYPES);
+    tokio::pin!(w);
+    for (key, i) in rows {
+        let ev = &events[*i];
+        let kind = i32::from(ev.kind);
+        w.as_mut()
+            .write(&[&&key[..], &ev.created_at, &&ev.id[..], &kind])
+            .await?;
+    }
+    w.finish().await
+}
+
 const CREATE_STAGING: &str = "\
 CREATE TEMP TABLE bb_stage_events (id bytea, pubkey bytea, created_at int8, kind int4, tags jsonb, content text, sig bytea, raw_canonical text) ON COMMIT DROP;
-CREATE TEMP TABLE bb_stage_sightings (event_id bytea, relay_url text, seen_at int8, created_at int8) ON COMMIT DROP;";
+CREATE TEMP TABLE bb_stage_sightings (event_id bytea, relay_url text, seen_at int8, created_at int8) ON COMMIT DROP;
+CREATE TEMP TABLE bb_stage_tags (tag bytea, created_at int8, event_id bytea, kind int4) ON COMMIT DROP;";
 
 const EVENT_TYPES: [Type; 8] = [
     Type::BYTEA,
@@ -167,6 +339,11 @@ async fn copy_direct(
             copy_event(w.as_mut(), ev, &mut scratch).await?;
         }
         events = w.finish().await?;
+        // Every event is new here (else the COPY above failed): all their tags are too.
+        let tags = batch_tag_rows(&batch.events);
+        if !tags.is_empty() {
+            copy_tags(tx, "event_tags", &batch.events, &tags).await?;
+        }
     }
     // A relay that sends an event twice puts the same sighting twice in a batch.
     let mut pairs: HashSet<([u8; 32], usize)> = HashSet::with_capacity(batch.sightings.len());
@@ -259,6 +436,10 @@ async fn write_staged(
         }
         w.finish().await?;
     }
+    let tags = batch_tag_rows(&batch.events);
+    if !tags.is_empty() {
+        copy_tags(tx, "bb_stage_tags", &batch.events, &tags).await?;
+    }
     let sink = tx
         .copy_in("COPY bb_stage_sightings FROM STDIN (FORMAT binary)")
         .await?;
@@ -277,7 +458,7 @@ async fn write_staged(
     w.finish().await?;
     let events = if batch.events.is_empty() {
         0
-    } else {
+    } else if tags.is_empty() {
         tx.execute(
             "INSERT INTO events (id, pubkey, created_at, kind, tags, content, sig, raw_canonical) \
              SELECT id, pubkey, created_at, kind, tags, content, sig, raw_canonical FROM bb_stage_events \
@@ -285,6 +466,25 @@ async fn write_staged(
             &[],
         )
         .await?
+    } else {
+        // Only the events this statement inserts get their tags indexed: an event already
+        // there has its rows (from the writer that inserted it, or the backfill).
+        let row = tx
+            .query_one(
+                "WITH ins AS ( \
+                     INSERT INTO events (id, pubkey, created_at, kind, tags, content, sig, raw_canonical) \
+                     SELECT id, pubkey, created_at, kind, tags, content, sig, raw_canonical FROM bb_stage_events \
+                     ON CONFLICT (id) DO NOTHING RETURNING id), \
+                 tg AS ( \
+                     INSERT INTO event_tags (tag, created_at, event_id, kind) \
+                     SELECT s.tag, s.created_at, s.event_id, s.kind FROM bb_stage_tags AS s \
+                     JOIN ins ON ins.id = s.event_id \
+                     ON CONFLICT DO NOTHING) \
+                 SELECT count(*) FROM ins",
+                &[],
+            )
+            .await?;
+        row.get::<_, i64>(0) as u64
     };
     let sightings = tx
         .execute(

@@ -15,7 +15,8 @@
 
 use super::AppState;
 use crate::filter_sql::{
-    push as push_param, stored_tags_and_content, Conditions, SqlParams, StoredError,
+    push as push_param, stored_tags_and_content, tag_index_ready, Conditions, SqlParams,
+    StoredError,
 };
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
@@ -864,19 +865,13 @@ impl EventFilter {
     /// within `budget` bytes are read and sent: their sizes (`octet_length` of a text reads
     /// its TOAST header, not its bytes) estimate the serialised event, which the caller
     /// measures exactly.
-    fn query(&self, budget: usize) -> (String, SqlParams) {
-        let mut sql = String::from(
-            "WITH k AS (
-                 SELECT e.id, e.created_at,
-                        coalesce(octet_length(e.raw_canonical),
-                                 octet_length(e.content) + octet_length(e.tags::text)) + 200 AS sz
-                 FROM events AS e WHERE TRUE",
-        );
+    /// `tag_index`: tag filters are served by `event_tags` (see `tag_index_ready`).
+    fn query(&self, budget: usize, tag_index: bool) -> (String, SqlParams) {
         let mut params = SqlParams::new();
 
         // Absent and empty lists both mean "no condition" in query parameters.
         let list = |v: &Vec<_>| (!v.is_empty()).then(|| v.clone());
-        Conditions {
+        let f = Conditions {
             ids: list(&self.ids),
             authors: list(&self.authors),
             kinds: (!self.kinds.is_empty()).then(|| self.kinds.clone()),
@@ -887,13 +882,18 @@ impl EventFilter {
                 .iter()
                 .map(|(l, v)| (l.clone(), v.as_slice()))
                 .collect(),
+            before: self.cursor.clone(),
+            tag_index,
         }
-        .append_to(&mut sql, &mut params);
-        if let Some((ts, id)) = &self.cursor {
-            let a = push_param(Box::new(*ts), &mut params);
-            let b = push_param(Box::new(id.clone()), &mut params);
-            sql.push_str(&format!(" AND (e.created_at, e.id) < (${a}, ${b})"));
-        }
+        .build(&mut params);
+        let mut sql = format!(
+            "WITH k AS (
+                 SELECT e.id, e.created_at,
+                        coalesce(octet_length(e.raw_canonical),
+                                 octet_length(e.content) + octet_length(e.tags::text)) + 200 AS sz
+                 FROM {} WHERE TRUE{}",
+            f.from, f.conditions
+        );
         let n = push_param(Box::new(self.limit + 1), &mut params);
         let b = push_param(
             Box::new(i64::try_from(budget).unwrap_or(i64::MAX)),
@@ -993,8 +993,9 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let p = Params::parse(q.as_deref())?;
     let f = EventFilter::from_params(&p, s.max_limit)?;
-    let (sql, params) = f.query(s.max_response_bytes);
     let conn = reader(&s).await?;
+    let tag_index = !f.tags.is_empty() && tag_index_ready(&conn).await;
+    let (sql, params) = f.query(s.max_response_bytes, tag_index);
     let rows = conn.query_raw(&sql, raw_params(&params)).await?;
     let mut rows = std::pin::pin!(rows);
     let mut page = PageWriter::new(&[], "events", s.max_response_bytes)?;
@@ -1334,8 +1335,13 @@ mod tests {
             encode_cursor(5, &[1; 32])
         ))
         .expect("valid");
-        let (sql, params) = f.query(4 << 20);
+        let (sql, params) = f.query(4 << 20, false);
         assert_eq!(params.len(), 11);
         assert!(sql.contains("$11") && !sql.contains("$12"), "{sql}");
+        // From the tag index: one key drives (and filters kinds there too), one probes.
+        let (sql, params) = f.query(4 << 20, true);
+        assert_eq!(params.len(), 8);
+        assert!(sql.contains("$8") && !sql.contains("$9"), "{sql}");
+        assert!(sql.contains("event_tags AS t"), "{sql}");
     }
 }
