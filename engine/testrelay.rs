@@ -182,7 +182,9 @@ pub struct RelayCounters {
 #[derive(Default)]
 struct Store {
     events: Vec<Arc<GenEvent>>,
-    ids: HashSet<[u8; 32]>,
+    /// Every stored event by id: a REQ by ids (thousands of them, as reconciliation sends)
+    /// is answered by lookups, not by scanning the store once per id.
+    ids: HashMap<[u8; 32], Arc<GenEvent>>,
     /// Bumped per stored event so a subscription only gets live events newer than its snapshot.
     seq: u64,
 }
@@ -193,9 +195,10 @@ fn order_key(e: &GenEvent) -> (std::cmp::Reverse<i64>, [u8; 32]) {
 
 impl Store {
     fn insert(&mut self, ev: Arc<GenEvent>) -> Option<u64> {
-        if !self.ids.insert(ev.id) {
+        if self.ids.contains_key(&ev.id) {
             return None;
         }
+        self.ids.insert(ev.id, ev.clone());
         let key = order_key(&ev);
         let pos = self.events.partition_point(|e| order_key(e) < key);
         self.events.insert(pos, ev);
@@ -371,6 +374,18 @@ fn query(store: &Store, f: &Filter, b: &Behavior) -> Vec<Arc<GenEvent>> {
                 .cloned()
                 .collect();
         }
+    }
+    if let Some(ids) = &f.ids {
+        let mut found: Vec<Arc<GenEvent>> = ids
+            .iter()
+            .filter_map(|id| store.ids.get(id))
+            .filter(|e| f.matches(e))
+            .cloned()
+            .collect();
+        found.sort_by_key(|e| order_key(e));
+        found.dedup_by_key(|e| e.id);
+        found.truncate(limit);
+        return found;
     }
     let (lo, hi) = (store.upper(f.until), store.lower(f.since));
     if lo >= hi || limit == 0 {
@@ -693,7 +708,7 @@ impl Conn {
                 let reply = match gen::event_from_value(msg.swap_remove(1)) {
                     Ok(ev) => {
                         let id = hex::encode(ev.id);
-                        let dup = self.shared.read_store().ids.contains(&ev.id);
+                        let dup = self.shared.read_store().ids.contains_key(&ev.id);
                         self.shared.publish(ev);
                         let m = if dup {
                             "duplicate: already have this event"
@@ -1172,7 +1187,8 @@ impl TestRelay {
             .map(Arc::new)
             .collect();
         sorted.sort_by_key(|e| order_key(e));
-        store.ids = seen;
+        drop(seen);
+        store.ids = sorted.iter().map(|e| (e.id, e.clone())).collect();
         store.events = sorted;
         // Large enough that a test publishing in bulk does not make a reading connection lag.
         let (live, _) = broadcast::channel(1 << 16);

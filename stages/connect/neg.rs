@@ -10,8 +10,10 @@
 //! - a **missing body**: fetched with `REQ {ids}` through the same verify → dedupe → batch →
 //!   sink pipeline as every other event.
 //!
-//! A range whose set is too large for one round (the archive's side past [`ITEMS_CAP`], the
-//! relay's past [`MISSING_CAP`] or its own `NEG-ERR blocked`) is split in two by time. A relay
+//! Missing ids are brought level as the exchange goes (every [`DRAIN_AT`] of them), so a relay
+//! holding millions of events the archive lacks costs no more memory than one holding a few.
+//! A range whose set is too large for one exchange (the archive's side past [`ITEMS_CAP`], or
+//! the relay's `NEG-ERR blocked`) is split in two by time. A relay
 //! that does not answer, answers with an error, or answers garbage falls back to the walk,
 //! and that is remembered for the process ([`RelayCtx::nip77`](crate::model::RelayCtx)).
 //!
@@ -32,10 +34,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Most (created_at, id) pairs of the archive's side in one reconciliation (40 bytes each in
 /// the negentropy set): a larger range is split by time.
-pub const ITEMS_CAP: usize = 100_000;
-/// Most ids one reconciliation may report missing before the range is split: bounds the
-/// list held while they are looked up and fetched.
-pub const MISSING_CAP: usize = 50_000;
+pub const ITEMS_CAP: usize = 50_000;
+/// Missing ids are looked up and fetched, mid-exchange, once this many have gathered.
+pub const DRAIN_AT: usize = 5_000;
 /// The frame size limit our side of negentropy keeps to (bytes before hex): a NEG-MSG is
 /// then at most ~100 KB of text, under strfry's default 128 KiB payload limit.
 const FRAME_LIMIT: u64 = 50_000;
@@ -46,9 +47,9 @@ const MAX_ROUNDS: u32 = 1_000;
 /// speak NIP-77" (many relays ignore unknown messages silently).
 pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Reconciliations whose sets are held at once in the whole process (each up to
-/// [`ITEMS_CAP`] items of 40 bytes and [`MISSING_CAP`] ids): with hundreds of relays syncing,
-/// memory stays a few tens of MiB whatever their size.
-const RECONCILE_SLOTS: usize = 4;
+/// [`ITEMS_CAP`] items of 40 bytes, about 2 MiB): with hundreds of relays syncing, memory
+/// stays a few tens of MiB whatever their size.
+const RECONCILE_SLOTS: usize = 16;
 /// Ids looked up in `events` per query.
 const LOOKUP_CHUNK: usize = 1_000;
 /// REQs by id in flight at once on one connection.
@@ -273,8 +274,9 @@ impl Archive {
 
 /// How one reconciliation of a range ended.
 enum Range {
-    /// Converged: the ids the relay holds that the archive lacks for it.
-    Done(Vec<[u8; 32]>),
+    /// Converged: the ids the relay holds that the archive lacks for it and were not yet
+    /// brought level, and whether those already were completely.
+    Done(Vec<[u8; 32]>, bool),
     /// Too many items for one round: split the range.
     TooMany,
     /// The relay does not speak NIP-77 (properly): use the walk.
@@ -361,12 +363,12 @@ impl Connector {
             let outcome = if items.len() > ITEMS_CAP {
                 Range::TooMany
             } else {
-                self.reconcile_range(sess, lo, hi, items).await?
+                self.reconcile_range(sess, &archive, lo, hi, items).await?
             };
             drop(slot);
             match outcome {
-                Range::Done(missing) => {
-                    if !self.bring_level(sess, &archive, missing).await? {
+                Range::Done(missing, level) => {
+                    if !level || !self.bring_level(sess, &archive, missing).await? {
                         complete = false;
                     }
                 }
@@ -417,6 +419,7 @@ impl Connector {
     async fn reconcile_range(
         &mut self,
         sess: &mut Session,
+        archive: &Archive,
         lo: i64,
         hi: i64,
         items: Vec<(i64, [u8; 32])>,
@@ -455,9 +458,11 @@ impl Connector {
         };
         let mut reply_by = tokio::time::Instant::now() + first_wait;
         let mut answered = false;
+        let mut level = true;
         let mut rounds = 1u32;
         let (mut have, mut need): (Vec<Id>, Vec<Id>) = (Vec::new(), Vec::new());
-        let stats = &self.relay.stats;
+        let relay = self.relay.clone();
+        let stats = &relay.stats;
         loop {
             let now = tokio::time::Instant::now();
             let wait_until = match self.wait_limit(now, reply_by) {
@@ -553,18 +558,34 @@ impl Connector {
                         }
                     };
                     self.relay.nip77.store(NIP77_YES, Relaxed);
-                    if need.len() > MISSING_CAP {
-                        self.neg_close(sess, &sub).await;
-                        return Ok(Range::TooMany);
-                    }
+                    stats.neg_extra.fetch_add(have.len() as u64, Relaxed);
+                    have.clear();
                     match out {
                         None => {
                             self.neg_close(sess, &sub).await;
                             stats.neg_missing.fetch_add(need.len() as u64, Relaxed);
-                            stats.neg_extra.fetch_add(have.len() as u64, Relaxed);
                             return Ok(Range::Done(
                                 need.into_iter().map(|i| i.to_bytes()).collect(),
+                                level,
                             ));
+                        }
+                        Some(m) if need.len() >= DRAIN_AT => {
+                            // Brought level now, before the next round: the relay keeps its
+                            // side of the exchange open meanwhile.
+                            let ids: Vec<[u8; 32]> = need.drain(..).map(|i| i.to_bytes()).collect();
+                            stats.neg_missing.fetch_add(ids.len() as u64, Relaxed);
+                            if !self.bring_level(sess, archive, ids).await? {
+                                level = false;
+                            }
+                            rounds += 1;
+                            if rounds > MAX_ROUNDS {
+                                return Ok(self
+                                    .abandon(sess, &sub, Fallback::Malformed, "does not converge")
+                                    .await);
+                            }
+                            let frame = format!("[\"NEG-MSG\",\"{sub}\",\"{}\"]", hex::encode(&m));
+                            self.send_neg(sess, frame).await?;
+                            reply_by = tokio::time::Instant::now() + self.cfg.idle_timeout;
                         }
                         Some(m) => {
                             rounds += 1;
