@@ -66,6 +66,34 @@ AS $$
     ) AS x
 $$;
 
+-- The keys of an event's exact tags, from its canonical serialization (whose strings may
+-- hold the escape \u0000, which text cannot hold unescaped): each \u0000 escape becomes a
+-- private-use mark, decoded, and the mark's UTF-8 bytes (EE 80 80, which cannot start at an
+-- odd hex offset in valid UTF-8) become 0x00 in the bytes hashed. A serialization already
+-- holding the mark is left unindexed (the engine's sink and backfill index it exactly).
+CREATE OR REPLACE FUNCTION canonical_tag_keys(p_canonical TEXT)
+RETURNS SETOF BYTEA
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+    SELECT DISTINCT substring(sha256(convert_to(t ->> 0, 'UTF8') || '\x00'::BYTEA
+               || decode(replace(encode(convert_to(t ->> 1, 'UTF8'), 'hex'), 'ee8080', '00'), 'hex'))
+           FROM 1 FOR 16)
+    FROM (
+        SELECT t
+        FROM (SELECT regexp_replace(regexp_replace(p_canonical,
+                  '((?:^|[^\\])(?:\\\\)*)\\u0000', '\1' || chr(57344), 'g'),
+                  '((?:^|[^\\])(?:\\\\)*)\\u0000', '\1' || chr(57344), 'g')::JSON AS j
+              WHERE position(chr(57344) IN p_canonical) = 0) AS c,
+             json_array_elements(c.j -> 4) WITH ORDINALITY AS a (t, n)
+        WHERE json_typeof(t) = 'array'
+          AND json_typeof(t -> 0) = 'string'
+          AND (t ->> 0) ~ '^[A-Za-z]$'
+          AND json_typeof(t -> 1) = 'string'
+        ORDER BY n
+        LIMIT 2000
+    ) AS x
+$$;
+
 -- insert_event (012) keeps its signature; it now indexes the new event's tags too.
 CREATE OR REPLACE FUNCTION insert_event(
     p_event_id BYTEA, p_pubkey BYTEA, p_created_at BIGINT, p_kind INTEGER,
@@ -89,12 +117,15 @@ BEGIN
     ON CONFLICT (id) DO NOTHING;
     v_new := FOUND;
 
-    -- An event with raw_canonical has U+FFFD in p_tags where it was signed with U+0000: its
-    -- keys would be those of other values, so it is left out here (the engine's sink
-    -- indexes such events from their exact tags).
     IF v_new AND p_raw_canonical IS NULL THEN
         INSERT INTO event_tags (tag, created_at, event_id, kind)
         SELECT k, p_created_at, p_event_id, p_kind FROM event_tag_keys(p_tags) AS k
+        ON CONFLICT DO NOTHING;
+    ELSIF v_new THEN
+        -- p_tags has U+FFFD where the event was signed with U+0000: the keys come from the
+        -- exact tags in raw_canonical instead.
+        INSERT INTO event_tags (tag, created_at, event_id, kind)
+        SELECT k, p_created_at, p_event_id, p_kind FROM canonical_tag_keys(p_raw_canonical) AS k
         ON CONFLICT DO NOTHING;
     END IF;
 

@@ -72,7 +72,7 @@ fn brute(
             })
         })
         .collect();
-    m.sort_by(|a, b| (b.gen.created_at, b.gen.id).cmp(&(a.gen.created_at, a.gen.id)));
+    m.sort_by_key(|e| std::cmp::Reverse((e.gen.created_at, e.gen.id)));
     m.into_iter()
         .take(limit)
         .map(|e| e.gen.id.to_vec())
@@ -110,11 +110,13 @@ async fn query(
         .collect()
 }
 
-fn filters() -> Vec<(
+type Case = (
     Vec<(&'static str, Vec<String>)>,
     Option<&'static [u16]>,
     i64,
-)> {
+);
+
+fn filters() -> Vec<Case> {
     let h = |n: u64| format!("{n:064x}");
     vec![
         (vec![("p", vec![h(3)])], None, 100),
@@ -172,7 +174,7 @@ async fn sync(pool: &bigbrotr::db::Pool, db: &str, evs: &[Ev]) {
 async fn tag_filters_from_the_index_equal_brute_force() {
     let (pool, db) = test_db().await;
     assert!(
-        tag_index_ready(&*pool.get().await.expect("conn")).await,
+        tag_index_ready(&pool.get().await.expect("conn")).await,
         "empty archive: ready"
     );
     let evs = corpus();
@@ -208,12 +210,12 @@ async fn backfill_keeps_answers_while_writes_go_on() {
         .await
         .expect("step");
     assert_eq!(n, Some(100));
-    assert!(!tag_index_ready(&*pool.get().await.expect("conn")).await);
+    assert!(!tag_index_ready(&pool.get().await.expect("conn")).await);
     sync(&pool, &db, new).await;
     check(&pool, &evs, false).await;
     let (_tx, rx) = tokio::sync::watch::channel(false);
     bigbrotr::tag_backfill::run(pool.clone(), rx).await;
-    assert!(tag_index_ready(&*pool.get().await.expect("conn")).await);
+    assert!(tag_index_ready(&pool.get().await.expect("conn")).await);
     check(&pool, &evs, true).await;
     let c = pool.get().await.expect("conn");
     let rows: i64 = c
