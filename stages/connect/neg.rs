@@ -336,7 +336,7 @@ impl Connector {
         let kinds = self.cfg.kinds.clone();
         let mut complete = true;
         let mut ranges = vec![(since, top)];
-        while let Some((lo, hi)) = ranges.pop() {
+        while let Some((lo, mut hi)) = ranges.pop() {
             if lo > hi {
                 continue;
             }
@@ -348,7 +348,7 @@ impl Connector {
             if self.stopped() {
                 return Err(Fail::Stop);
             }
-            let items = match archive
+            let mut items = match archive
                 .relay_items(&url, lo, hi, kinds.as_deref(), ITEMS_CAP)
                 .await
             {
@@ -360,11 +360,24 @@ impl Connector {
                     return Ok(false);
                 }
             };
-            let outcome = if items.len() > ITEMS_CAP {
-                Range::TooMany
-            } else {
-                self.reconcile_range(sess, &archive, lo, hi, items).await?
-            };
+            if items.len() > ITEMS_CAP {
+                // Cut where the set is full, at a second boundary: the rows read are used,
+                // not read again for two halves.
+                let t = items[ITEMS_CAP].0;
+                let k = items.partition_point(|(c, _)| *c < t);
+                if k == 0 {
+                    drop(slot);
+                    tracing::warn!(relay = %url, second = t, "more events in one second than one reconciliation holds; that second is left to the walk");
+                    complete = false;
+                    ranges.push((t.saturating_add(1), hi));
+                    ranges.push((lo, t - 1));
+                    continue;
+                }
+                items.truncate(k);
+                ranges.push((t, hi));
+                hi = t - 1;
+            }
+            let outcome = self.reconcile_range(sess, &archive, lo, hi, items).await?;
             drop(slot);
             match outcome {
                 Range::Done(missing, level) => {
