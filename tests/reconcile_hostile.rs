@@ -116,7 +116,7 @@ async fn relays_that_speak_nip77_badly_fall_back_to_the_walk() {
             "{what}: one fallback, by reason"
         );
         assert_eq!(x.bodies_fetched, 0, "{what}");
-        // Bounded: a probe waits at most min(idle, 10 s); the test config's idle is 2 s.
+        // Bounded: a probe or a reply is waited for at most 10 s (the test config's idle is 2 s).
         assert!(
             started.elapsed() < std::time::Duration::from_secs(30),
             "{what} took {:?}",

@@ -46,6 +46,10 @@ const MAX_ROUNDS: u32 = 1_000;
 /// How long the first NEG-OPEN of a relay may go unanswered before it is taken as "does not
 /// speak NIP-77" (many relays ignore unknown messages silently).
 pub(super) const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The least a reconciliation reply is waited for, whatever the idle timeout: a relay
+/// fingerprints up to a whole range before it answers, which can take longer than the gap
+/// between two frames of a REQ reply on a loaded relay.
+const NEG_REPLY_MIN: Duration = Duration::from_secs(10);
 /// Reconciliations whose sets are held at once in the whole process (each up to
 /// [`ITEMS_CAP`] items of 40 bytes, about 2 MiB): with hundreds of relays syncing, memory
 /// stays a few tens of MiB whatever their size.
@@ -464,11 +468,8 @@ impl Connector {
         if let Err(e) = self.send_neg(sess, open).await {
             return Err(self.lost(probing, e));
         }
-        let first_wait = if probing {
-            self.cfg.idle_timeout.min(PROBE_TIMEOUT)
-        } else {
-            self.cfg.idle_timeout
-        };
+        let reply_wait = self.cfg.idle_timeout.max(NEG_REPLY_MIN);
+        let first_wait = if probing { PROBE_TIMEOUT } else { reply_wait };
         let mut reply_by = tokio::time::Instant::now() + first_wait;
         let mut answered = false;
         let mut level = true;
@@ -582,25 +583,17 @@ impl Connector {
                                 level,
                             ));
                         }
-                        Some(m) if need.len() >= DRAIN_AT => {
-                            // Brought level now, before the next round: the relay keeps its
-                            // side of the exchange open meanwhile.
-                            let ids: Vec<[u8; 32]> = need.drain(..).map(|i| i.to_bytes()).collect();
-                            stats.neg_missing.fetch_add(ids.len() as u64, Relaxed);
-                            if !self.bring_level(sess, archive, ids).await? {
-                                level = false;
-                            }
-                            rounds += 1;
-                            if rounds > MAX_ROUNDS {
-                                return Ok(self
-                                    .abandon(sess, &sub, Fallback::Malformed, "does not converge")
-                                    .await);
-                            }
-                            let frame = format!("[\"NEG-MSG\",\"{sub}\",\"{}\"]", hex::encode(&m));
-                            self.send_neg(sess, frame).await?;
-                            reply_by = tokio::time::Instant::now() + self.cfg.idle_timeout;
-                        }
                         Some(m) => {
+                            if need.len() >= DRAIN_AT {
+                                // Brought level now, before the next round: the relay keeps
+                                // its side of the exchange open meanwhile.
+                                let ids: Vec<[u8; 32]> =
+                                    need.drain(..).map(|i| i.to_bytes()).collect();
+                                stats.neg_missing.fetch_add(ids.len() as u64, Relaxed);
+                                if !self.bring_level(sess, archive, ids).await? {
+                                    level = false;
+                                }
+                            }
                             rounds += 1;
                             if rounds > MAX_ROUNDS {
                                 return Ok(self
@@ -609,7 +602,7 @@ impl Connector {
                             }
                             let frame = format!("[\"NEG-MSG\",\"{sub}\",\"{}\"]", hex::encode(&m));
                             self.send_neg(sess, frame).await?;
-                            reply_by = tokio::time::Instant::now() + self.cfg.idle_timeout;
+                            reply_by = tokio::time::Instant::now() + reply_wait;
                         }
                     }
                 }
