@@ -885,6 +885,23 @@ impl Connector {
         }
     }
 
+    /// The payload of a frame, counted (frames, bytes); `None` for control frames, an error
+    /// when the relay closes. The one place a reply's frame becomes bytes to decode.
+    fn payload<'m>(&self, msg: &'m Message) -> Result<Option<&'m [u8]>, Fail> {
+        let data: &[u8] = match msg {
+            Message::Text(t) => t.as_bytes(),
+            Message::Binary(b) => b,
+            Message::Close(_) => return Err(Fail::Io("relay closed the connection".into())),
+            _ => return Ok(None),
+        };
+        inc(&self.relay.stats.frames);
+        self.relay
+            .stats
+            .bytes_received
+            .fetch_add(data.len() as u64, Relaxed);
+        Ok(Some(data))
+    }
+
     /// The latest instant a wait may last: the progress deadline or the pass deadline,
     /// whichever is first; an error once either has passed.
     fn wait_limit(
@@ -937,11 +954,8 @@ impl Connector {
                 Ok(Some(Err(e))) => return Err(Fail::Io(e.to_string())),
                 Ok(Some(Ok(m))) => m,
             };
-            let data: &[u8] = match &msg {
-                Message::Text(t) => t.as_bytes(),
-                Message::Binary(b) => b,
-                Message::Close(_) => return Err(Fail::Io("relay closed the connection".into())),
-                _ => continue,
+            let Some(data) = self.payload(&msg)? else {
+                continue;
             };
             let v = match message::decode(data, &mut sess.buf, &mut sess.buffers) {
                 Ok(v) => v,

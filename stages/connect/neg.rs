@@ -30,7 +30,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
 
 /// Most (created_at, id) pairs of the archive's side in one reconciliation (40 bytes each in
 /// the negentropy set): a larger range is split by time.
@@ -515,17 +514,11 @@ impl Connector {
                 }
                 Ok(Some(Ok(m))) => m,
             };
-            let data: &[u8] = match &msg {
-                Message::Text(t) => t.as_bytes(),
-                Message::Binary(b) => b,
-                Message::Close(_) => {
-                    let e = Fail::Io("relay closed the connection".into());
-                    return Err(self.lost(probing && !answered, e));
-                }
-                _ => continue,
+            let data = match self.payload(&msg) {
+                Ok(Some(d)) => d,
+                Ok(None) => continue,
+                Err(e) => return Err(self.lost(probing && !answered, e)),
             };
-            inc(&stats.frames);
-            stats.bytes_received.fetch_add(data.len() as u64, Relaxed);
             let v = match message::decode(data, &mut sess.buf, &mut sess.buffers) {
                 Ok(v) => v,
                 Err(reason) => {
@@ -897,15 +890,10 @@ impl Connector {
                 }
                 Ok(Some(Ok(m))) => m,
             };
-            let data: &[u8] = match &msg {
-                Message::Text(t) => t.as_bytes(),
-                Message::Binary(b) => b,
-                Message::Close(_) => return Err(Fail::Io("relay closed the connection".into())),
-                _ => continue,
+            let Some(data) = self.payload(&msg)? else {
+                continue;
             };
             let stats = &self.relay.stats;
-            inc(&stats.frames);
-            stats.bytes_received.fetch_add(data.len() as u64, Relaxed);
             if data.len() > self.cfg.max_event_bytes {
                 stats.reject(Reason::Oversized);
                 continue;

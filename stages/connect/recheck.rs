@@ -13,7 +13,6 @@ use super::{Connector, Fail, Session};
 use crate::model::relay::{NIP77_NO, NIP77_UNKNOWN, NIP77_YES};
 use crate::model::{stats::inc, CursorState};
 use std::sync::atomic::Ordering::Relaxed;
-use tokio_tungstenite::tungstenite::Message;
 
 /// Most COUNT requests one pass spends narrowing down windows; past it, the windows left are
 /// re-walked whole.
@@ -182,15 +181,10 @@ impl Connector {
                 Ok(Some(Err(e))) => return Err(Fail::Io(e.to_string())),
                 Ok(Some(Ok(m))) => m,
             };
-            let data: &[u8] = match &msg {
-                Message::Text(t) => t.as_bytes(),
-                Message::Binary(b) => b,
-                Message::Close(_) => return Err(Fail::Io("relay closed the connection".into())),
-                _ => continue,
+            let Some(data) = self.payload(&msg)? else {
+                continue;
             };
             let stats = &self.relay.stats;
-            inc(&stats.frames);
-            stats.bytes_received.fetch_add(data.len() as u64, Relaxed);
             let v = match message::decode(data, &mut sess.buf, &mut sess.buffers) {
                 Ok(v) => v,
                 Err(reason) => {
