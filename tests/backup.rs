@@ -15,15 +15,17 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 fn bigbrotr(cfg: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_bigbrotr"))
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .env("BIGBROTR_LOG", "warn")
-        .env_remove("BIGBROTR_DATABASE_URL")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run bigbrotr")
+    output_within(
+        Command::new(env!("CARGO_BIN_EXE_bigbrotr"))
+            .arg("--config")
+            .arg(cfg)
+            .args(args)
+            .env("BIGBROTR_LOG", "warn")
+            .env_remove("BIGBROTR_DATABASE_URL")
+            .stdin(Stdio::null()),
+        Duration::from_secs(300),
+        &format!("bigbrotr {}", args.join(" ")),
+    )
 }
 
 fn ok(out: &Output, what: &str) -> String {

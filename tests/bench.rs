@@ -3,29 +3,31 @@
 
 mod common;
 
-use common::test_db;
+use common::{output_within, test_db};
 use std::process::Command;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_archives_checks_and_reports_consistent_figures() {
     let (pool, url) = test_db().await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_bigbrotr"))
-        .args([
-            "bench",
-            "--events",
-            "3000",
-            "--relays",
-            "3",
-            "--overlap",
-            "0.5",
-        ])
-        .args(["--json", "--dir"])
-        .arg(dir.path())
-        .args(["--database-url", &url])
-        .env("BIGBROTR_LOG", "warn")
-        .output()
-        .expect("run bigbrotr bench");
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_bigbrotr"))
+            .args([
+                "bench",
+                "--events",
+                "3000",
+                "--relays",
+                "3",
+                "--overlap",
+                "0.5",
+            ])
+            .args(["--json", "--dir"])
+            .arg(dir.path())
+            .args(["--database-url", &url])
+            .env("BIGBROTR_LOG", "warn"),
+        std::time::Duration::from_secs(600),
+        "bigbrotr bench",
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -2,6 +2,8 @@
 //! a configuration file on disk, the environment. Nothing here opens a database: every
 //! refusal happens before any connection, which is the point.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -23,7 +25,8 @@ fn bigbrotr(file: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
         }
     }
     cmd.envs(env.iter().copied());
-    cmd.output().expect("bigbrotr runs")
+    // `config check` and refused starts end at once; a minute means it hung.
+    common::output_within(&mut cmd, std::time::Duration::from_secs(60), "bigbrotr")
 }
 
 fn stderr(o: &Output) -> String {

@@ -82,9 +82,11 @@ async fn kill_9_and_restart_ends_with_the_same_archive() {
         let _ = child.wait();
         assert_cursor_honest(&pool, &url, &events).await;
     }
-    let out = spawn_sync(&cfg, &url)
-        .wait_with_output()
-        .expect("final run");
+    let out = common::wait_within(
+        spawn_sync(&cfg, &url),
+        Duration::from_secs(180),
+        "final run",
+    );
     assert!(
         out.status.success(),
         "final run failed: {}",
@@ -145,7 +147,7 @@ async fn sigterm_drains_and_exits_cleanly() {
     unsafe {
         libc::kill(child.id() as i32, libc::SIGTERM);
     }
-    let out = child.wait_with_output().expect("wait");
+    let out = common::wait_within(child, Duration::from_secs(60), "sync after SIGTERM");
     assert!(
         out.status.success(),
         "exit after SIGTERM: {:?} {}",
@@ -155,7 +157,7 @@ async fn sigterm_drains_and_exits_cleanly() {
     assert_cursor_honest(&pool, &url, &events).await;
     let partial = event_ids(&pool).await.len();
 
-    let out = spawn_sync(&cfg, &url).wait_with_output().expect("resume");
+    let out = common::wait_within(spawn_sync(&cfg, &url), Duration::from_secs(180), "resume");
     assert!(out.status.success());
     assert_same_ids(
         &event_ids(&pool).await,

@@ -22,25 +22,6 @@ fn bigbrotr(cfg: &std::path::Path, args: &[&str]) -> Command {
     c
 }
 
-/// Waits for `child` at most `limit`; kills it and fails the test if it is still running.
-fn wait_within(mut child: Child, limit: Duration, what: &str) -> std::process::Output {
-    let start = Instant::now();
-    loop {
-        match child.try_wait().expect("try_wait") {
-            Some(_) => return child.wait_with_output().expect("output"),
-            None if start.elapsed() > limit => {
-                let _ = child.kill();
-                let out = child.wait_with_output().expect("output");
-                panic!(
-                    "{what}: still running after {limit:?}\n{}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            None => std::thread::sleep(Duration::from_millis(50)),
-        }
-    }
-}
-
 fn sigterm(child: &Child) {
     // SAFETY: plain kill(2) on our own child's pid.
     unsafe {
@@ -328,6 +309,7 @@ async fn the_backfill_to_live_handoff_loses_nothing() {
 struct FreezableProxy {
     port: u16,
     frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FreezableProxy {
@@ -339,10 +321,11 @@ impl FreezableProxy {
             .expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let f = frozen.clone();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (f, c) = (frozen.clone(), cut.clone());
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let f = f.clone();
+                let (f, c) = (f.clone(), c.clone());
                 tokio::spawn(async move {
                     let Ok(server) =
                         tokio::net::TcpStream::connect(("127.0.0.1", target_port)).await
@@ -351,7 +334,8 @@ impl FreezableProxy {
                     };
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    let pump = |f: std::sync::Arc<std::sync::atomic::AtomicBool>| {
+                    type Flag = std::sync::Arc<std::sync::atomic::AtomicBool>;
+                    let pump = |f: Flag, c: Flag| {
                         move |mut r: tokio::net::tcp::OwnedReadHalf,
                               mut w: tokio::net::tcp::OwnedWriteHalf| async move {
                             let mut buf = vec![0u8; 16 << 10];
@@ -361,6 +345,10 @@ impl FreezableProxy {
                                     Ok(n) => n,
                                 };
                                 while f.load(Relaxed) {
+                                    if c.load(Relaxed) {
+                                        // Dropping both halves closes both sockets.
+                                        return;
+                                    }
                                     tokio::time::sleep(Duration::from_millis(100)).await;
                                 }
                                 if w.write_all(&buf[..n]).await.is_err() {
@@ -369,16 +357,24 @@ impl FreezableProxy {
                             }
                         }
                     };
-                    tokio::join!(pump(f.clone())(cr, sw), pump(f)(sr, cw));
+                    tokio::join!(pump(f.clone(), c.clone())(cr, sw), pump(f, c)(sr, cw));
                 });
             }
         });
-        FreezableProxy { port, frozen }
+        FreezableProxy { port, frozen, cut }
     }
 
     fn freeze(&self) {
         self.frozen
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Closes every frozen connection, as the end of a network partition or a TCP timeout
+    /// would: PostgreSQL then rolls back the transactions the dead client left open. Until
+    /// then they hold their uncommitted rows, and a resumed sync inserting the same events
+    /// would wait on them.
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -426,11 +422,14 @@ async fn sigterm_exits_within_the_grace_while_the_database_hangs() {
         String::from_utf8_lossy(&out.stderr)
     );
     let partial = event_ids(&pool).await.len();
+    proxy.cut();
     // Direct to the database now: the rest is fetched, nothing is missing.
     let cfg2 = write_config_file(dir.path(), "direct.toml", &db, 50);
-    let out = bigbrotr(&cfg2, &["sync", "--once", "--relay", &relay.url()])
-        .output()
-        .expect("resume");
+    let out = output_within(
+        &mut bigbrotr(&cfg2, &["sync", "--once", "--relay", &relay.url()]),
+        Duration::from_secs(180),
+        "resume after the database returns",
+    );
     assert!(out.status.success(), "resume: {:?}", out.status);
     assert_same_ids(
         &event_ids(&pool).await,

@@ -269,9 +269,11 @@ async fn kill_9_during_reconciliation_then_restart_ends_with_the_same_archive() 
     let _ = child.wait();
     eprintln!("killed with {at_kill} of 20000 events committed");
     assert!(at_kill < 20_000, "the kill came before the pass ended");
-    let out = bigbrotr(&cfg, &["sync", "--once", "--relay", &url])
-        .output()
-        .expect("restart");
+    let out = output_within(
+        &mut bigbrotr(&cfg, &["sync", "--once", "--relay", &url]),
+        std::time::Duration::from_secs(180),
+        "restart after kill -9",
+    );
     assert!(
         out.status.success(),
         "{}",

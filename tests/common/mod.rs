@@ -283,3 +283,73 @@ pub async fn socks_proxy() -> Socks {
     });
     Socks { addr, names, task }
 }
+
+/// Spawns `cmd` and waits for it at most `limit`, reading its output meanwhile (so a chatty
+/// child never blocks on a full pipe); kills it and fails the test naming `what` when it is still
+/// running then. Every child a test starts goes through this: a hung child must fail its test,
+/// never hang the suite.
+pub fn output_within(
+    cmd: &mut std::process::Command,
+    limit: std::time::Duration,
+    what: &str,
+) -> std::process::Output {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{what}: spawn: {e}"));
+    wait_within(child, limit, what)
+}
+
+/// Waits for a spawned `child` (stdout and stderr piped) at most `limit`; kills it and fails the
+/// test naming `what` when it is still running then.
+pub fn wait_within(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> std::process::Output {
+    use std::io::Read;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let start = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if start.elapsed() > limit => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let stderr = err.join().unwrap_or_default();
+                panic!(
+                    "{what}: still running after {limit:?}\n{}",
+                    String::from_utf8_lossy(&stderr)
+                );
+            }
+            Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            Err(e) => panic!("{what}: wait: {e}"),
+        }
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+    }
+}
