@@ -7,7 +7,7 @@
 //! `dvm.max_result_bytes` of content, statistics by `dvm.max_limit` rows, filters by
 //! `dvm.max_filter_values`.
 
-use crate::config::Config;
+use crate::config::{secs, Config};
 use crate::db::Pool;
 use crate::filter_sql::{
     push, refs, stored_tags_and_content, tag_index_ready, Conditions, FilterSql, SqlParams,
@@ -15,13 +15,12 @@ use crate::filter_sql::{
 };
 use anyhow::Context;
 use bb8_postgres::PostgresConnectionManager;
-use bigbrotr_stages::connect::TransportConfig;
 use bigbrotr_stages::dvm::{
     self as stage, Announcement, Answer, Backend, CustomerLimits, DvmSettings, DvmStats, Filter,
     Job, Limits,
 };
 use bigbrotr_stages::model::canonical::write_tags;
-use bigbrotr_stages::model::{now_secs, Event, RelayUrl};
+use bigbrotr_stages::model::{now_secs, Event};
 use futures_util::TryStreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,10 +40,6 @@ const JSON_FLOOR: i64 = 320;
 /// The `d` tag of the NIP-89 announcement.
 pub const HANDLER_ID: &str = "bigbrotr-archive";
 
-fn secs(v: f64) -> Duration {
-    Duration::from_secs_f64(v.max(0.0))
-}
-
 /// The stage settings from `[dvm]` and `[net]`. Errors name the key.
 pub fn settings(cfg: &Config) -> anyhow::Result<DvmSettings> {
     let d = &cfg.dvm;
@@ -56,26 +51,11 @@ pub fn settings(cfg: &Config) -> anyhow::Result<DvmSettings> {
     if d.relays.is_empty() {
         anyhow::bail!("key `dvm.relays` is empty: the DVM needs relays to read requests from");
     }
-    let relays = d
-        .relays
-        .iter()
-        .enumerate()
-        .map(|(i, u)| {
-            RelayUrl::parse(u, true).map_err(|e| {
-                anyhow::anyhow!("key `dvm.relays[{i}]`: {u:?} is not a relay URL ({e})")
-            })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let relays = d.relay_urls()?;
     Ok(DvmSettings {
         keypair,
         relays,
-        transport: TransportConfig {
-            max_message_bytes: cfg.net.max_message_bytes,
-            max_frame_bytes: cfg.net.max_frame_bytes,
-            write_buffer_bytes: cfg.net.write_buffer_bytes,
-            socks5: (!cfg.net.socks5.is_empty()).then(|| cfg.net.socks5.clone()),
-            proxy_all: false,
-        },
+        transport: cfg.net.transport(),
         connect_timeout: secs(cfg.sync.timeouts.clearnet.connect),
         job_timeout: secs(d.job_timeout),
         max_concurrent_jobs: d.max_concurrent_jobs,

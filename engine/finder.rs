@@ -1,15 +1,13 @@
 //! The finder wired to the engine: its settings from `[finder]`, `[sync]`, `[net]` and
 //! `[seeds]`, its table, the long-running task inside `run`, and `bigbrotr finder --once`.
 
-use crate::config::Config;
+use crate::config::{secs, Config};
 use crate::db::Pool;
 use anyhow::Context;
-use bigbrotr_stages::connect::TransportConfig;
 use bigbrotr_stages::finder::sources::HttpSource;
 use bigbrotr_stages::finder::{Finder, FinderConfig, FinderStats, OnceReport};
 use bigbrotr_stages::model::RelayUrl;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -36,10 +34,6 @@ pub async fn ensure_schema(pool: &Pool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn secs(v: f64) -> Duration {
-    Duration::from_secs_f64(if v.is_finite() { v.max(0.0) } else { 0.0 })
-}
-
 /// The finder's settings from the configuration.
 pub fn finder_config(cfg: &Config) -> FinderConfig {
     let f = &cfg.finder;
@@ -57,13 +51,7 @@ pub fn finder_config(cfg: &Config) -> FinderConfig {
             .collect(),
         max_response_bytes: f.max_response_bytes,
         http_timeout: secs(f.http_timeout),
-        transport: TransportConfig {
-            max_message_bytes: cfg.net.max_message_bytes,
-            max_frame_bytes: cfg.net.max_frame_bytes,
-            write_buffer_bytes: cfg.net.write_buffer_bytes,
-            socks5: (!cfg.net.socks5.is_empty()).then(|| cfg.net.socks5.clone()),
-            proxy_all: false,
-        },
+        transport: cfg.net.transport(),
         validate_concurrency: f.validate_concurrency.max(1),
         validate_timeout: secs(f.validate_timeout),
         validate_timeout_overlay: secs(f.validate_timeout_tor),

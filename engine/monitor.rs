@@ -3,7 +3,7 @@
 //! when configured, the NIP-66 events to the publish relays. Also what the connectors read
 //! back: [`relay_limits`].
 
-use crate::config::Config;
+use crate::config::{secs, Config};
 use crate::db::Pool;
 use anyhow::Context;
 use bigbrotr_stages::connect::TransportConfig;
@@ -22,21 +22,6 @@ use tokio::sync::watch;
 /// Bound of the channels between the registry feed, the stage, the store loop and each
 /// publisher (a check result holds up to `monitor.nip11_max_bytes` of document).
 const CHANNEL: usize = 64;
-
-fn secs(v: f64) -> Duration {
-    Duration::from_secs_f64(v.max(0.0))
-}
-
-/// The proxy and socket settings the monitor shares with the connectors.
-fn transport(cfg: &Config) -> TransportConfig {
-    TransportConfig {
-        max_message_bytes: cfg.net.max_message_bytes,
-        max_frame_bytes: cfg.net.max_frame_bytes,
-        write_buffer_bytes: cfg.net.write_buffer_bytes,
-        socks5: (!cfg.net.socks5.is_empty()).then(|| cfg.net.socks5.clone()),
-        proxy_all: false,
-    }
-}
 
 /// The stage settings from `[monitor]` and `[net]`; reads the CA file. Errors name the key.
 pub fn settings(cfg: &Config) -> anyhow::Result<MonitorSettings> {
@@ -61,7 +46,7 @@ pub fn settings(cfg: &Config) -> anyhow::Result<MonitorSettings> {
     };
     let path = |s: &str| (!s.is_empty()).then(|| std::path::PathBuf::from(s));
     Ok(MonitorSettings {
-        transport: transport(cfg),
+        transport: cfg.net.transport(),
         timeout_clearnet: secs(m.timeout_clearnet),
         timeout_overlay: secs(m.timeout_tor),
         nip11_max_bytes: m.nip11_max_bytes,
@@ -159,7 +144,7 @@ impl Monitor {
                 overlay: cfg.monitor.max_parallel_tor,
             },
             publish_relays,
-            transport: transport(cfg),
+            transport: cfg.net.transport(),
             publish_timeout: secs(cfg.monitor.timeout_clearnet),
             frequency_secs: cfg.monitor.interval.max(0.0) as u64,
             geohash: (!cfg.monitor.geohash.is_empty()).then(|| cfg.monitor.geohash.clone()),

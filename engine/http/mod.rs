@@ -62,46 +62,6 @@ pub struct AppState {
     pub ready: health::ReadyProbe,
 }
 
-impl config::Http {
-    /// Checks the `[http]` bounds that parse but make no sense (called by
-    /// `Config::validate`; `f` names the configuration file).
-    pub fn validate(&self, f: &str) -> anyhow::Result<()> {
-        let checks: [(bool, &str, &str); 5] = [
-            (
-                self.max_response_bytes >= 1024,
-                "max_response_bytes",
-                "must be at least 1024",
-            ),
-            (
-                self.max_connections >= 1,
-                "max_connections",
-                "must be at least 1",
-            ),
-            (
-                self.header_timeout_ms >= 1,
-                "header_timeout_ms",
-                "must be at least 1",
-            ),
-            (
-                self.idle_timeout_ms >= 1,
-                "idle_timeout_ms",
-                "must be at least 1",
-            ),
-            (
-                self.request_timeout_ms >= 1,
-                "request_timeout_ms",
-                "must be at least 1",
-            ),
-        ];
-        for (ok, key, why) in checks {
-            if !ok {
-                anyhow::bail!("{f}: key `http.{key}` {why}");
-            }
-        }
-        Ok(())
-    }
-}
-
 /// A bound, not yet serving, HTTP server: bind it before the pipeline starts (so a busy port
 /// fails the start), then [`Http::spawn`] it with the engine's state.
 pub struct Http {
