@@ -8,6 +8,7 @@
 //! exist on the target server; the read-only API role's grants are re-applied instead.
 
 use crate::config::Config;
+use crate::conninfo;
 use crate::embedded_pg::EmbeddedPg;
 use anyhow::{anyhow, bail, Context, Result};
 use std::ffi::OsStr;
@@ -149,13 +150,13 @@ pub async fn backup(url: &str, out: &Path) -> Result<BackupReport> {
     let started = Instant::now();
     let pg = tokio_postgres::Config::from_str(url)
         .map_err(|_| anyhow!("the database connection string does not parse"))?;
-    let shown = display_conninfo(&pg);
+    let shown = conninfo::display(&pg);
     let pg_dump = EmbeddedPg::find_client_bin("pg_dump")?;
     let partial = partial_path(out)?;
     let mut cmd = client_command(&pg_dump, &pg, "bigbrotr-backup");
     cmd.args(["--format=custom", "--no-password", "--file"])
         .arg(&partial)
-        .arg(format!("--dbname={}", libpq_conninfo(&pg)));
+        .arg(format!("--dbname={}", conninfo::libpq(&pg)));
     let result = run_tool(cmd, "pg_dump", &shown).await;
     if let Err(e) = result {
         let _ = std::fs::remove_file(&partial);
@@ -186,7 +187,7 @@ pub async fn restore(input: &Path, url: &str, opts: &RestoreOptions) -> Result<R
     }
     let pg = tokio_postgres::Config::from_str(url)
         .map_err(|_| anyhow!("the target connection string does not parse"))?;
-    let shown = display_conninfo(&pg);
+    let shown = conninfo::display(&pg);
     let pg_restore = EmbeddedPg::find_client_bin("pg_restore")?;
 
     let (client, created) = connect_or_create(&pg, &shown).await?;
@@ -212,7 +213,7 @@ pub async fn restore(input: &Path, url: &str, opts: &RestoreOptions) -> Result<R
     if opts.force {
         cmd.args(["--clean", "--if-exists"]);
     }
-    cmd.arg(format!("--dbname={}", libpq_conninfo(&pg)))
+    cmd.arg(format!("--dbname={}", conninfo::libpq(&pg)))
         .arg(input);
     run_tool(cmd, "pg_restore", &shown).await?;
 
@@ -281,7 +282,7 @@ async fn connect_or_create(
         admin.dbname(maintenance);
         match connect(&admin).await {
             Ok(c) => {
-                c.batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name)))
+                c.batch_execute(&format!("CREATE DATABASE {}", conninfo::quote_ident(&name)))
                     .await
                     .with_context(|| format!("cannot create database {name} (for {shown})"))?;
                 tracing::info!(database = %name, "created the restore target");
@@ -419,112 +420,12 @@ fn partial_path(out: &Path) -> Result<PathBuf> {
     Ok(out.with_file_name(partial))
 }
 
-/// The libpq key=value string of a parsed connection string, without the password (passed
-/// in PGPASSWORD instead). libpq and tokio-postgres accept the same two syntaxes, so parsing
-/// once here means both see the same server.
-pub fn libpq_conninfo(pg: &tokio_postgres::Config) -> String {
-    let mut parts: Vec<(&str, String)> = Vec::new();
-    let hosts: Vec<String> = pg
-        .get_hosts()
-        .iter()
-        .map(|h| match h {
-            tokio_postgres::config::Host::Tcp(s) => s.clone(),
-            tokio_postgres::config::Host::Unix(p) => p.display().to_string(),
-        })
-        .collect();
-    if !hosts.is_empty() {
-        parts.push(("host", hosts.join(",")));
-    }
-    let addrs: Vec<String> = pg.get_hostaddrs().iter().map(|a| a.to_string()).collect();
-    if !addrs.is_empty() {
-        parts.push(("hostaddr", addrs.join(",")));
-    }
-    let ports: Vec<String> = pg.get_ports().iter().map(|p| p.to_string()).collect();
-    if !ports.is_empty() {
-        parts.push(("port", ports.join(",")));
-    }
-    if let Some(u) = pg.get_user() {
-        parts.push(("user", u.to_string()));
-    }
-    if let Some(d) = pg.get_dbname() {
-        parts.push(("dbname", d.to_string()));
-    }
-    if let Some(o) = pg.get_options() {
-        parts.push(("options", o.to_string()));
-    }
-    if let Some(t) = pg.get_connect_timeout() {
-        parts.push(("connect_timeout", t.as_secs().max(1).to_string()));
-    }
-    if pg.get_ssl_mode() == tokio_postgres::config::SslMode::Disable {
-        parts.push(("sslmode", "disable".to_string()));
-    }
-    parts
-        .iter()
-        .map(|(k, v)| format!("{k}={}", conninfo_value(v)))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// The connection string for messages: libpq form, `password=***` when there is one.
-pub fn display_conninfo(pg: &tokio_postgres::Config) -> String {
-    let mut s = libpq_conninfo(pg);
-    if pg.get_password().is_some() {
-        s.push_str(" password=***");
-    }
-    s
-}
-
-/// `url` for messages and `config check`: parsed and re-rendered with the password masked;
-/// a string that does not parse is not echoed (it may hold a password).
-pub fn mask_url(url: &str) -> String {
-    match tokio_postgres::Config::from_str(url) {
-        Ok(pg) => display_conninfo(&pg),
-        Err(_) => "(unparsable connection string)".to_string(),
-    }
-}
-
-/// libpq values need quotes when empty or holding spaces, quotes or backslashes.
-fn conninfo_value(value: &str) -> String {
-    if !value.is_empty() && !value.contains([' ', '\'', '\\']) {
-        return value.to_owned();
-    }
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
+/// Kept for `config check` until the CLI calls [`conninfo::render_masked`] itself.
+pub use crate::conninfo::render_masked as mask_url;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn conninfo_keeps_the_server_and_drops_the_password() {
-        let pg = tokio_postgres::Config::from_str(
-            "postgres://bb:s3cr%20t@db.example:6432/arch%20ive?connect_timeout=5&sslmode=disable",
-        )
-        .expect("url parses");
-        let info = libpq_conninfo(&pg);
-        assert_eq!(
-            info,
-            "host=db.example port=6432 user=bb dbname='arch ive' connect_timeout=5 sslmode=disable"
-        );
-        assert_eq!(pg.get_password(), Some(&b"s3cr t"[..]));
-        assert!(display_conninfo(&pg).ends_with(" password=***"));
-        let again = tokio_postgres::Config::from_str(&info).expect("rendered form parses");
-        assert_eq!(again.get_dbname(), Some("arch ive"));
-        assert_eq!(again.get_ports(), &[6432]);
-    }
-
-    #[test]
-    fn masking_never_echoes_secrets() {
-        assert_eq!(
-            mask_url("host=pgbouncer port=5432 user=bigbrotr password=hunter2 dbname=bigbrotr"),
-            "host=pgbouncer port=5432 user=bigbrotr dbname=bigbrotr password=***"
-        );
-        assert!(!mask_url("host='unterminated password=hunter2").contains("hunter2"));
-    }
 
     #[test]
     fn partial_file_sits_beside_the_target() {

@@ -59,7 +59,7 @@ static MIGRATIONS: [(i32, &str, &str); 13] = [
 
 /// Opens a pool of `size` connections to `url` (a libpq-style key=value string or a postgres:// URL); fails fast with a message naming the URL (password masked) if the server is unreachable.
 pub async fn connect(url: &str, size: u32) -> anyhow::Result<Pool> {
-    let shown = mask_password(url);
+    let shown = crate::conninfo::mask(url);
     if size == 0 {
         bail!("database pool size must be at least 1 (connecting to {shown})");
     }
@@ -241,108 +241,6 @@ pub async fn list_relays(pool: &Pool) -> anyhow::Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// `url` with any password replaced by `***`, for messages and logs.
-fn mask_password(url: &str) -> String {
-    let lower = url.to_ascii_lowercase();
-    if lower.starts_with("postgres://") || lower.starts_with("postgresql://") {
-        mask_url(url)
-    } else {
-        mask_key_value(url)
-    }
-}
-
-/// Masks the userinfo password and any `password=` query parameter of a postgres:// URL.
-fn mask_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://").map(|i| i + 3) else {
-        return url.to_owned();
-    };
-    let (scheme, rest) = url.split_at(scheme_end);
-    let (before_query, query) = match rest.find('?') {
-        Some(q) => (&rest[..q], Some(&rest[q + 1..])),
-        None => (rest, None),
-    };
-    // The last '@' before the query ends the userinfo, whatever the password
-    // contains; if a database name held an '@' this over-masks, never under.
-    let mut out = String::with_capacity(url.len());
-    out.push_str(scheme);
-    match before_query.rfind('@') {
-        Some(at) => {
-            let userinfo = &before_query[..at];
-            match userinfo.find(':') {
-                Some(colon) => {
-                    out.push_str(&userinfo[..colon]);
-                    out.push_str(":***");
-                }
-                None => out.push_str(userinfo),
-            }
-            out.push_str(&before_query[at..]);
-        }
-        None => out.push_str(before_query),
-    }
-    if let Some(query) = query {
-        out.push('?');
-        let parts: Vec<String> = query
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => kv.to_owned(),
-            })
-            .collect();
-        out.push_str(&parts.join("&"));
-    }
-    out
-}
-
-/// Masks the `password` value of a libpq key=value string (quoted values and escapes understood).
-fn mask_key_value(s: &str) -> String {
-    let chars: Vec<char> = s.chars().collect();
-    let mut out = String::with_capacity(s.len());
-    let mut i = 0;
-    while i < chars.len() {
-        // Copy whitespace between pairs.
-        if chars[i].is_whitespace() {
-            out.push(chars[i]);
-            i += 1;
-            continue;
-        }
-        // Key: up to '=' or whitespace.
-        let key_start = i;
-        while i < chars.len() && chars[i] != '=' && !chars[i].is_whitespace() {
-            i += 1;
-        }
-        let key: String = chars[key_start..i].iter().collect();
-        out.push_str(&key);
-        // Whitespace and '=' between key and value.
-        while i < chars.len() && (chars[i].is_whitespace() || chars[i] == '=') {
-            out.push(chars[i]);
-            i += 1;
-        }
-        // Value: quoted (with backslash escapes) or up to whitespace.
-        let value_start = i;
-        let mut unterminated = false;
-        if i < chars.len() && chars[i] == '\'' {
-            i += 1;
-            while i < chars.len() && chars[i] != '\'' {
-                i += if chars[i] == '\\' { 2 } else { 1 };
-            }
-            // A quote left open swallows the rest of the string, a password included.
-            unterminated = i >= chars.len();
-            i = (i + 1).min(chars.len());
-        } else {
-            while i < chars.len() && !chars[i].is_whitespace() {
-                i += if chars[i] == '\\' { 2 } else { 1 };
-            }
-            i = i.min(chars.len());
-        }
-        if key.eq_ignore_ascii_case("password") || unterminated {
-            out.push_str("***");
-        } else {
-            out.extend(&chars[value_start..i]);
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,44 +254,5 @@ mod tests {
             assert!(!name.is_empty());
             assert!(!sql.trim().is_empty());
         }
-    }
-
-    #[test]
-    fn masks_url_passwords() {
-        assert_eq!(
-            mask_password("postgres://bb:s3cr3t@db:5432/archive"),
-            "postgres://bb:***@db:5432/archive"
-        );
-        assert_eq!(
-            mask_password("postgresql://bb:p@ss/w0rd@db/archive?sslmode=disable"),
-            "postgresql://bb:***@db/archive?sslmode=disable"
-        );
-        assert_eq!(
-            mask_password("postgres://bb@db/archive?password=x&application_name=a"),
-            "postgres://bb@db/archive?password=***&application_name=a"
-        );
-        assert_eq!(
-            mask_password("postgres://db/archive"),
-            "postgres://db/archive"
-        );
-    }
-
-    #[test]
-    fn masks_key_value_passwords() {
-        assert_eq!(
-            mask_password("host=db user=bb password=s3cr3t dbname=archive"),
-            "host=db user=bb password=*** dbname=archive"
-        );
-        assert_eq!(
-            mask_password("host=db password = 'a b\\' c' dbname=x"),
-            "host=db password = *** dbname=x"
-        );
-        assert_eq!(
-            mask_password("host=db PASSWORD=x\\ y"),
-            "host=db PASSWORD=***"
-        );
-        assert_eq!(mask_password("host=/tmp port=5432"), "host=/tmp port=5432");
-        assert_eq!(mask_password("password="), "password=***");
-        assert!(!mask_password("host='unterminated password=hunter2").contains("hunter2"));
     }
 }

@@ -5,6 +5,7 @@ pub mod analytics;
 pub mod backup;
 pub mod bench;
 pub mod config;
+pub mod conninfo;
 pub mod db;
 pub mod dvm;
 pub mod embedded_pg;
