@@ -14,6 +14,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY stages/Cargo.toml stages/Cargo.toml
 COPY engine engine
 COPY stages stages
+COPY pgcluster pgcluster
+COPY testkit testkit
 COPY sql sql
 COPY config config
 COPY benches benches

@@ -4,17 +4,17 @@
 //! Run: `cargo bench --bench stages` (add `-- sink` etc. to select). Figures and the machine
 //! are in BENCHMARKS.md.
 
-use bigbrotr::gen::{generate, GenSpec};
 use bigbrotr::stages::dedupe::Dedupe;
 use bigbrotr::stages::model::{
     CursorState, Event, EventRef, RelayCtx, RelayUrl, Sighting, Ticket, Verified,
 };
 use bigbrotr::stages::verify::{Check, Gate, Verifier};
 use bigbrotr::stages::{batch, sink};
+use bigbrotr_testkit::gen::{generate, GenSpec};
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use std::sync::Arc;
 
-fn corpus(n: usize) -> Vec<bigbrotr::gen::GenEvent> {
+fn corpus(n: usize) -> Vec<bigbrotr_testkit::gen::GenEvent> {
     generate(&GenSpec {
         count: n,
         seed: 99,
@@ -22,13 +22,13 @@ fn corpus(n: usize) -> Vec<bigbrotr::gen::GenEvent> {
     })
 }
 
-fn frames(evs: &[bigbrotr::gen::GenEvent]) -> Vec<Vec<u8>> {
+fn frames(evs: &[bigbrotr_testkit::gen::GenEvent]) -> Vec<Vec<u8>> {
     evs.iter()
         .map(|e| format!("[\"EVENT\",\"bb1\",{}]", e.json).into_bytes())
         .collect()
 }
 
-fn parsed(evs: &[bigbrotr::gen::GenEvent]) -> Vec<Event> {
+fn parsed(evs: &[bigbrotr_testkit::gen::GenEvent]) -> Vec<Event> {
     evs.iter()
         .filter_map(|e| Event::parse_json(e.json.as_bytes()).ok())
         .collect()
@@ -173,7 +173,7 @@ fn fake_events(n: usize, salt: u64) -> Vec<Event> {
 fn bench_sink(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let pool = rt.block_on(async {
-        let pg = bigbrotr::embedded_pg::EmbeddedPg::shared_for_tests()
+        let pg = bigbrotr_testkit::cluster::shared_for_tests()
             .await
             .expect("cluster");
         let url = pg.create_database("bench").await.expect("db");

@@ -8,11 +8,11 @@
 //! report gives its lag when the sync ended and how long it took to fold the rest.
 
 use crate::config::Config;
-use crate::gen::{self, GenEvent, GenSpec};
 use crate::sync::{sync_once, SyncOptions};
 use anyhow::{bail, Context};
 use bigbrotr_stages::model::{Event, RelayUrl};
 use bigbrotr_stages::verify::{Gate, Verifier};
+use bigbrotr_testkit::gen::{self, GenEvent, GenSpec};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

@@ -1,5 +1,7 @@
 //! bigbrotr engine: CLI support, configuration, pipeline wiring and supervision, database
-//! pool and migrations, the embedded PostgreSQL, and the test/bench relay.
+//! pool and migrations. The embedded PostgreSQL lives in `bigbrotr-pgcluster` (re-exported as
+//! [`embedded_pg`]); the test relay, the event generator and the shared test cluster live in
+//! `bigbrotr-testkit`, which `bigbrotr bench`, `testrelay` and `gen` use.
 
 pub mod analytics;
 pub mod backup;
@@ -8,10 +10,8 @@ pub mod config;
 pub mod conninfo;
 pub mod db;
 pub mod dvm;
-pub mod embedded_pg;
 pub mod filter_sql;
 pub mod finder;
-pub mod gen;
 pub mod http;
 pub mod monitor;
 pub mod pipeline;
@@ -19,8 +19,8 @@ pub mod registry;
 pub mod state;
 pub mod sync;
 pub mod tag_backfill;
-pub mod testrelay;
 
+pub use bigbrotr_pgcluster as embedded_pg;
 pub use bigbrotr_stages as stages;
 
 use bigbrotr_stages::model::{Network, RelayUrl};

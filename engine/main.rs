@@ -254,26 +254,26 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
             port,
             nip77,
         } => {
-            let evs = bigbrotr::gen::read_jsonl(&events)?;
+            let evs = bigbrotr_testkit::gen::read_jsonl(&events)?;
             eprintln!("serving {} events on ws://127.0.0.1:{port}", evs.len());
-            let behavior = bigbrotr::testrelay::Behavior {
+            let behavior = bigbrotr_testkit::relay::Behavior {
                 neg: if nip77 {
-                    bigbrotr::testrelay::NegMode::Normal
+                    bigbrotr_testkit::relay::NegMode::Normal
                 } else {
-                    bigbrotr::testrelay::NegMode::Unsupported
+                    bigbrotr_testkit::relay::NegMode::Unsupported
                 },
                 ..Default::default()
             };
-            return bigbrotr::testrelay::serve_forever(port, evs, behavior).await;
+            return bigbrotr_testkit::relay::serve_forever(port, evs, behavior).await;
         }
         Cmd::Gen { count, out, seed } => {
-            let spec = bigbrotr::gen::GenSpec {
+            let spec = bigbrotr_testkit::gen::GenSpec {
                 count,
                 seed,
                 ..Default::default()
             };
-            let evs = bigbrotr::gen::generate(&spec);
-            bigbrotr::gen::write_jsonl(&out, &evs)?;
+            let evs = bigbrotr_testkit::gen::generate(&spec);
+            bigbrotr_testkit::gen::write_jsonl(&out, &evs)?;
             eprintln!("wrote {} events to {}", evs.len(), out.display());
             return Ok(());
         }

@@ -276,26 +276,10 @@ pub fn stop_on_signals(stop: tokio::sync::watch::Sender<bool>, grace: std::time:
     });
 }
 
-type ExitHook = Box<dyn FnOnce() + Send>;
-
-/// What must run even when the process exits without unwinding (stopping a PostgreSQL
-/// cluster this process started).
-static EXIT_HOOKS: std::sync::Mutex<Vec<ExitHook>> = std::sync::Mutex::new(Vec::new());
-
-/// Registers `hook` to run if the process exits through [`exit_now`].
-pub fn on_exit_now(hook: impl FnOnce() + Send + 'static) {
-    EXIT_HOOKS
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .push(Box::new(hook));
-}
-
-/// Runs the exit hooks, then exits with `code` without waiting for any task.
+/// Stops the PostgreSQL clusters this process started (drops will not run), then exits with
+/// `code` without waiting for any task.
 pub fn exit_now(code: i32) -> ! {
-    let hooks = std::mem::take(&mut *EXIT_HOOKS.lock().unwrap_or_else(|p| p.into_inner()));
-    for h in hooks {
-        h();
-    }
+    bigbrotr_pgcluster::stop_started_clusters();
     std::process::exit(code)
 }
 

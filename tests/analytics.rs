@@ -8,9 +8,9 @@ mod common;
 
 use bigbrotr::analytics::{self, Orphans};
 use bigbrotr::db::Pool;
-use bigbrotr::gen::{sign, GenEvent};
 use bigbrotr::sync::{sync_once, SyncOptions};
-use bigbrotr::testrelay::{Behavior, TestRelay};
+use bigbrotr_testkit::gen::{sign, GenEvent};
+use bigbrotr_testkit::relay::{Behavior, TestRelay};
 use common::*;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -772,7 +772,7 @@ async fn concurrent_writers_refresher_and_cleanup_stay_exact() {
 /// migration's initial build.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_migration_counts_rows_written_before_it() {
-    let pg = bigbrotr::embedded_pg::EmbeddedPg::shared_for_tests()
+    let pg = bigbrotr_testkit::cluster::shared_for_tests()
         .await
         .expect("cluster");
     let url = pg.create_database("t").await.expect("db");

@@ -5,9 +5,9 @@ mod common;
 
 use bigbrotr::backup::{self, RestoreOptions};
 use bigbrotr::embedded_pg::EmbeddedPg;
-use bigbrotr::gen::{generate, GenEvent, GenSpec};
 use bigbrotr::sync::{self, SyncOptions};
-use bigbrotr::testrelay::{Behavior, TestRelay};
+use bigbrotr_testkit::gen::{generate, GenEvent, GenSpec};
+use bigbrotr_testkit::relay::{Behavior, TestRelay};
 use common::*;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -144,7 +144,9 @@ async fn backup_restore_into_a_fresh_database_and_resume_from_the_restored_curso
         "no partial file left behind"
     );
 
-    let pg = EmbeddedPg::shared_for_tests().await.expect("cluster");
+    let pg = bigbrotr_testkit::cluster::shared_for_tests()
+        .await
+        .expect("cluster");
     let fresh_url = pg.create_database("restored").await.expect("fresh db");
     let out = ok(
         &bigbrotr(
@@ -267,7 +269,9 @@ async fn restore_creates_the_database_and_migrates_an_older_dump() {
     assert_eq!(made.file, file);
     assert!(made.bytes > 0);
 
-    let pg = EmbeddedPg::shared_for_tests().await.expect("cluster");
+    let pg = bigbrotr_testkit::cluster::shared_for_tests()
+        .await
+        .expect("cluster");
     let target = missing_database_url(&pg, "restoremiss");
     let report = backup::restore(&file, &target, &RestoreOptions::default())
         .await
@@ -477,7 +481,9 @@ async fn start_pgbouncer(dir: &Path, pg_port: u16) -> Bouncer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_archives_through_pgbouncer_in_transaction_mode() {
-    let pg = EmbeddedPg::shared_for_tests().await.expect("cluster");
+    let pg = bigbrotr_testkit::cluster::shared_for_tests()
+        .await
+        .expect("cluster");
     let direct_url = pg.create_database("bouncer").await.expect("fresh db");
     let dbname = direct_url
         .rsplit("dbname=")
@@ -601,7 +607,9 @@ async fn backup_without_a_database_url_dumps_the_embedded_cluster() {
         &bigbrotr(&cfg, &["backup", file.to_str().expect("utf-8 path")]),
         "backup of the embedded cluster",
     );
-    let pg = EmbeddedPg::shared_for_tests().await.expect("cluster");
+    let pg = bigbrotr_testkit::cluster::shared_for_tests()
+        .await
+        .expect("cluster");
     let target = missing_database_url(&pg, "restoreemb");
     let report = backup::restore(&file, &target, &RestoreOptions::default())
         .await

@@ -165,7 +165,7 @@ fn dockerfile_is_multi_stage_non_root_with_a_health_check() {
         }
     }
     let mut embedded = Vec::new();
-    for dir in ["engine", "stages"] {
+    for dir in ["engine", "stages", "pgcluster", "testkit"] {
         collect_includes(&repo().join(dir), &mut embedded);
     }
     assert!(!embedded.is_empty(), "the sources embed the migrations");

@@ -8,12 +8,12 @@ mod common;
 use bigbrotr::config::Config;
 use bigbrotr::db::Pool;
 use bigbrotr::dvm::RunningDvm;
-use bigbrotr::gen::{generate, sign, GenEvent, GenSpec};
 use bigbrotr::stages::dvm::{
     self as stage, Answer, Backend, CustomerLimits, DvmSettings, DvmStats, Job, Limits,
 };
 use bigbrotr::stages::model::now_secs;
-use bigbrotr::testrelay::{Behavior, TestRelay};
+use bigbrotr_testkit::gen::{generate, sign, GenEvent, GenSpec};
+use bigbrotr_testkit::relay::{Behavior, TestRelay};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use nostr::JsonUtil;
@@ -702,7 +702,7 @@ async fn refuses_malformed_requests_ignores_foreign_ones_and_keeps_serving() {
     // Ignored: a forged signature, and a request for another DVM. (Signing is deterministic:
     // each request here differs from every other one, so no relay takes one for another's
     // duplicate.)
-    let forged = bigbrotr::gen::with_bad_sig(&request(
+    let forged = bigbrotr_testkit::gen::with_bad_sig(&request(
         &key,
         &dvm,
         5900,

@@ -1,4 +1,4 @@
-//! The sync pipeline against the project's own fault-injecting relay (engine/testrelay.rs):
+//! The sync pipeline against the project's own fault-injecting relay (testkit/relay.rs):
 //! every misbehaviour of `Behavior` is exercised through `sync_once` into a real PostgreSQL,
 //! and each test asserts the exact archive, the exact provenance, that every stored event
 //! re-verifies, and the exact rejection counts the relay's documented behaviour implies.
@@ -7,10 +7,10 @@ mod common;
 
 use bigbrotr::config::Config;
 use bigbrotr::db::Pool;
-use bigbrotr::gen::{generate, with_bad_id, with_bad_sig, GenEvent, GenSpec};
 use bigbrotr::stages::connect::Outcome;
 use bigbrotr::sync::{sync_once, RelayReport, SyncOptions, SyncReport};
-use bigbrotr::testrelay::{Behavior, TestRelay};
+use bigbrotr_testkit::gen::{generate, with_bad_id, with_bad_sig, GenEvent, GenSpec};
+use bigbrotr_testkit::relay::{Behavior, TestRelay};
 use common::*;
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering::Relaxed;
@@ -161,7 +161,7 @@ fn events_sent(relay: &TestRelay) -> u64 {
 // 1. Garbage frames
 // ---------------------------------------------------------------------------------------------
 
-/// 16 garbage frames per REQ (the 16 variants of testrelay::garbage, each once), interleaved
+/// 16 garbage frames per REQ (the 16 variants of relay::garbage, each once), interleaved
 /// with 2,000 valid events. Classified by the connector as:
 ///   malformed  10 (not JSON, truncated, object, ["EVENT"], ["EVENT",sub], string created_at,
 ///                  missing fields, event not an object, null, [42,sub])
@@ -930,15 +930,21 @@ fn has_nul(e: &GenEvent) -> bool {
 async fn events_with_nul_are_stored_losslessly() {
     let mut events = generate(&spec(2000, 115));
     let kp = secp256k1::Keypair::from_secret_bytes([7u8; 32]).expect("key");
-    events.push(bigbrotr::gen::sign(&kp, 1_700_000_500, 1, &[], "a\u{0}b"));
-    events.push(bigbrotr::gen::sign(
+    events.push(bigbrotr_testkit::gen::sign(
+        &kp,
+        1_700_000_500,
+        1,
+        &[],
+        "a\u{0}b",
+    ));
+    events.push(bigbrotr_testkit::gen::sign(
         &kp,
         1_700_000_600,
         1,
         &[vec!["t".to_string(), "x\u{0}y".to_string()]],
         "nul in a tag only",
     ));
-    events.push(bigbrotr::gen::sign(
+    events.push(bigbrotr_testkit::gen::sign(
         &kp,
         1_700_000_700,
         1,

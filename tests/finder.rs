@@ -9,13 +9,13 @@ mod common;
 
 use bigbrotr::config::{Config, FinderHttp};
 use bigbrotr::db::Pool;
-use bigbrotr::gen::{generate, sign, GenEvent, GenSpec};
 use bigbrotr::registry::{LimitsFuture, LimitsSource, RelayLimits};
 use bigbrotr::stages::finder::hints::{extract_vec, may_carry_hints};
 use bigbrotr::stages::finder::sources::{fetch, http_client, parse_list, HttpSource, ListError};
 use bigbrotr::state::EngineState;
 use bigbrotr::sync::{run_forever, sync_once, SyncOptions};
-use bigbrotr::testrelay::{Behavior, TestRelay};
+use bigbrotr_testkit::gen::{generate, sign, GenEvent, GenSpec};
+use bigbrotr_testkit::relay::{Behavior, TestRelay};
 use common::*;
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;

@@ -5,8 +5,8 @@
 
 mod common;
 
-use bigbrotr::gen::{generate, GenEvent, GenSpec};
-use bigbrotr::testrelay::{Behavior, TestRelay};
+use bigbrotr_testkit::gen::{generate, GenEvent, GenSpec};
+use bigbrotr_testkit::relay::{Behavior, TestRelay};
 use common::*;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

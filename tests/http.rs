@@ -6,13 +6,13 @@
 mod common;
 
 use bigbrotr::db::Pool;
-use bigbrotr::gen::{generate, sign, with_bad_sig, GenEvent, GenSpec};
 use bigbrotr::http::api::ApiError;
 use bigbrotr::http::{Http, Server};
 use bigbrotr::pipeline::Pipeline;
 use bigbrotr::stages::model::{CursorState, Reason, RelayCtx};
 use bigbrotr::state::EngineState;
-use bigbrotr::testrelay::{Behavior, TestRelay};
+use bigbrotr_testkit::gen::{generate, sign, with_bad_sig, GenEvent, GenSpec};
+use bigbrotr_testkit::relay::{Behavior, TestRelay};
 use common::*;
 use nostr::JsonUtil;
 use serde_json::Value;

@@ -7,11 +7,11 @@ mod common;
 
 use bigbrotr::db::Pool;
 use bigbrotr::embedded_pg::EmbeddedPg;
-use bigbrotr::gen::{sign, GenEvent};
 use bigbrotr::http::{Http, Server};
 use bigbrotr::pipeline::Pipeline;
 use bigbrotr::state::EngineState;
-use bigbrotr::testrelay::{Behavior, TestRelay};
+use bigbrotr_testkit::gen::{sign, GenEvent};
+use bigbrotr_testkit::relay::{Behavior, TestRelay};
 use common::*;
 use nostr::JsonUtil;
 use serde_json::Value;

@@ -7,7 +7,7 @@ use bigbrotr::config::Config;
 use bigbrotr::monitor::{self, Monitor};
 use bigbrotr::stages::model::RelayUrl;
 use bigbrotr::stages::monitor::nip66;
-use bigbrotr::testrelay::{Behavior, TestRelay};
+use bigbrotr_testkit::relay::{Behavior, TestRelay};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use nostr::JsonUtil;
@@ -84,7 +84,7 @@ async fn server(reply: Reply, tls: Option<Arc<rustls::ServerConfig>>) -> Server 
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let seen = Arc::new(Seen::default());
-    let stored = bigbrotr::gen::generate(&bigbrotr::gen::GenSpec {
+    let stored = bigbrotr_testkit::gen::generate(&bigbrotr_testkit::gen::GenSpec {
         count: 1,
         ..Default::default()
     })

@@ -2,8 +2,8 @@
 
 mod common;
 
-use bigbrotr::gen::{generate, GenSpec};
 use bigbrotr::sync::{sync_once, SyncOptions};
+use bigbrotr_testkit::gen::{generate, GenSpec};
 use common::*;
 
 /// Regular kinds only: a third-party relay keeps just the newest replaceable event per author,
@@ -69,7 +69,7 @@ async fn archives_everything_from_a_third_party_relay_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn syncs_an_onion_relay_through_socks5() {
     let events = generate(&spec(1_500, 8));
-    let relay = bigbrotr::testrelay::TestRelay::start(events.clone(), Default::default())
+    let relay = bigbrotr_testkit::relay::TestRelay::start(events.clone(), Default::default())
         .await
         .expect("relay");
     let proxy = socks_proxy().await;
@@ -108,7 +108,7 @@ async fn direct_copy_falls_back_when_rows_exist() {
     use bigbrotr::stages::sink::{write_batch_adaptive, WriteMode};
     let (pool, _) = test_db().await;
     let relay = RelayCtx::new(relay_url("ws://127.0.0.1:9"), CursorState::default());
-    let make = |evs: &[bigbrotr::gen::GenEvent]| {
+    let make = |evs: &[bigbrotr_testkit::gen::GenEvent]| {
         let events: Vec<Event> = evs
             .iter()
             .map(|e| Event::parse_json(e.json.as_bytes()).expect("parse"))

@@ -4,8 +4,8 @@
 
 mod common;
 
-use bigbrotr::gen::{generate, GenEvent, GenSpec};
 use bigbrotr::sync::{sync_once, SyncOptions, SyncReport};
+use bigbrotr_testkit::gen::{generate, GenEvent, GenSpec};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
@@ -165,7 +165,7 @@ async fn overlapping_relays_cost_sightings_not_downloads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_without_nip77_falls_back_and_the_recheck_finds_late_events() {
     let events = generate(&spec(1_500, 51));
-    let relay = bigbrotr::testrelay::TestRelay::start(events.clone(), Default::default())
+    let relay = bigbrotr_testkit::relay::TestRelay::start(events.clone(), Default::default())
         .await
         .expect("test relay");
     let url = relay.url();
@@ -212,7 +212,7 @@ async fn wait_for_count(pool: &bigbrotr::db::Pool, n: usize, limit: std::time::D
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_live_subscription_receives_backdated_events() {
     let events = generate(&spec(1_000, 61));
-    let relay = bigbrotr::testrelay::TestRelay::start(events.clone(), Default::default())
+    let relay = bigbrotr_testkit::relay::TestRelay::start(events.clone(), Default::default())
         .await
         .expect("test relay");
     let (pool, db) = test_db().await;

@@ -4,9 +4,9 @@
 
 mod common;
 
-use bigbrotr::gen::{generate, GenSpec};
 use bigbrotr::sync::{sync_once, SyncOptions, SyncReport};
-use bigbrotr::testrelay::{Behavior, NegMode, TestRelay};
+use bigbrotr_testkit::gen::{generate, GenSpec};
+use bigbrotr_testkit::relay::{Behavior, NegMode, TestRelay};
 use common::*;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -28,7 +28,7 @@ fn spec(count: usize, seed: u64) -> GenSpec {
 /// Syncs one relay once and checks the archive holds exactly `events`.
 async fn sync_exactly(
     relay: &TestRelay,
-    events: &[bigbrotr::gen::GenEvent],
+    events: &[bigbrotr_testkit::gen::GenEvent],
     what: &str,
 ) -> (SyncReport, bigbrotr::db::Pool) {
     let (pool, db) = test_db().await;
@@ -52,7 +52,7 @@ async fn sync_exactly(
     (report, pool)
 }
 
-async fn relay(events: &[bigbrotr::gen::GenEvent], b: Behavior) -> TestRelay {
+async fn relay(events: &[bigbrotr_testkit::gen::GenEvent], b: Behavior) -> TestRelay {
     TestRelay::start(events.to_vec(), b)
         .await
         .expect("test relay")
@@ -237,7 +237,7 @@ async fn the_test_relay_reconciles_like_a_third_party_one() {
 /// only that, and archives them; an approximate COUNT is not trusted (the horizon is walked).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn count_finds_the_windows_a_relay_without_nip77_gained_events_in() {
-    use bigbrotr::testrelay::CountMode;
+    use bigbrotr_testkit::relay::CountMode;
     let events = generate(&spec(3_000, 91));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

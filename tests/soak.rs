@@ -18,8 +18,8 @@
 
 mod common;
 
-use bigbrotr::gen::{generate, sign, with_bad_id, with_bad_sig, GenEvent, GenSpec};
-use bigbrotr::testrelay::{Behavior, TestRelay};
+use bigbrotr_testkit::gen::{generate, sign, with_bad_id, with_bad_sig, GenEvent, GenSpec};
+use bigbrotr_testkit::relay::{Behavior, TestRelay};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use rand::rngs::StdRng;

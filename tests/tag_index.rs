@@ -5,9 +5,9 @@
 mod common;
 
 use bigbrotr::filter_sql::{refs, tag_index_ready, Conditions, SqlParams};
-use bigbrotr::gen::{sign, GenEvent};
 use bigbrotr::sync::{sync_once, SyncOptions};
-use bigbrotr::testrelay::{Behavior, TestRelay};
+use bigbrotr_testkit::gen::{sign, GenEvent};
+use bigbrotr_testkit::relay::{Behavior, TestRelay};
 use common::*;
 
 /// An event and its tags, for the brute force.

@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use bigbrotr::gen::{generate, GenEvent, GenSpec};
-use bigbrotr::testrelay::{Behavior, CountMode, NegMode, TestRelay};
+use bigbrotr_testkit::gen::{generate, GenEvent, GenSpec};
+use bigbrotr_testkit::relay::{Behavior, CountMode, NegMode, TestRelay};
 use futures_util::{SinkExt, StreamExt};
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use serde_json::{json, Value};

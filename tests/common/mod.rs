@@ -5,14 +5,15 @@
 
 use bigbrotr::config::{Config, Timeouts};
 use bigbrotr::db::Pool;
-use bigbrotr::embedded_pg::EmbeddedPg;
-use bigbrotr::gen::GenEvent;
+use bigbrotr_testkit::gen::GenEvent;
 use nostr::JsonUtil;
 use std::collections::{BTreeMap, BTreeSet};
 
 /// A fresh, migrated database on the shared test cluster.
 pub async fn test_db() -> (Pool, String) {
-    let pg = EmbeddedPg::shared_for_tests().await.expect("test cluster");
+    let pg = bigbrotr_testkit::cluster::shared_for_tests()
+        .await
+        .expect("test cluster");
     let url = pg.create_database("t").await.expect("create database");
     let pool = bigbrotr::db::connect(&url, 6).await.expect("pool");
     bigbrotr::db::migrate(&pool).await.expect("migrate");

@@ -1,8 +1,9 @@
 //! Embedded PostgreSQL.
 //!
 //! Without `database.url` bigbrotr still needs somewhere to archive, so it runs its own cluster
-//! from the installed server binaries; the test suite reuses the same code for one throwaway
-//! cluster that every test process shares. A managed directory looks like this:
+//! from the installed server binaries; `bigbrotr bench` and the test suite (through
+//! `bigbrotr-testkit`) reuse the same code for their throwaway clusters. A managed directory
+//! looks like this:
 //!
 //! ```text
 //! <dir>/data/          PGDATA (mode 0700, owned by the server's OS user)
@@ -27,6 +28,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use std::{env, fs};
 
@@ -42,7 +44,8 @@ const INIT_MARKER: &str = "initdb.done";
 const LOCK_FILE: &str = "lock";
 const BIN_ENV: &str = "BIGBROTR_PG_BIN";
 const SERVER_USER: &str = "postgres";
-const MAINTENANCE_DB: &str = "postgres";
+/// The database every cluster has; admin connections go there.
+pub const MAINTENANCE_DB: &str = "postgres";
 
 /// initdb with fsync on, on a small machine busy with builds, can take a long while.
 const INITDB_TIMEOUT: Duration = Duration::from_secs(300);
@@ -241,22 +244,9 @@ impl EmbeddedPg {
         Ok(())
     }
 
-    /// A cluster shared by every test process of this checkout, under the temp dir, started once under a file lock and reused afterwards; never stopped by tests.
-    pub async fn shared_for_tests() -> Result<EmbeddedPg> {
-        // Tests of one binary share a process (cargo test): pay the lock and status checks once.
-        static SHARED: tokio::sync::OnceCell<EmbeddedPg> = tokio::sync::OnceCell::const_new();
-        let pg = SHARED
-            .get_or_try_init(|| async {
-                let mut pg = Self::start(&shared_test_dir(), 0, MAINTENANCE_DB, true).await?;
-                pg.stop_on_drop = false;
-                pg.drop_orphaned_test_databases().await;
-                Ok::<_, anyhow::Error>(pg)
-            })
-            .await?;
-        Ok(pg.attached_handle())
-    }
-
-    fn attached_handle(&self) -> EmbeddedPg {
+    /// Another handle to the same server that never stops it, for callers that keep the
+    /// original (e.g. in a process-wide cache).
+    pub fn attached_handle(&self) -> EmbeddedPg {
         EmbeddedPg {
             root: self.root.clone(),
             data_dir: self.data_dir.clone(),
@@ -445,9 +435,7 @@ impl EmbeddedPg {
                 // the server this process started.
                 let mut stop = self.command("pg_ctl", &self.stop_args());
                 stop.stdout(Stdio::null()).stderr(Stdio::null());
-                crate::sync::on_exit_now(move || {
-                    let _ = stop.status();
-                });
+                STARTED.lock().unwrap_or_else(|p| p.into_inner()).push(stop);
                 if auto {
                     let file = self.root.join(PORT_FILE);
                     fs::write(&file, format!("{port}\n"))
@@ -580,10 +568,12 @@ impl EmbeddedPg {
         }
     }
 
-    /// Every test makes a database nobody drops; without this the shared cluster would grow by
-    /// megabytes per test forever. The creator's pid is in the name, so once it has exited the
-    /// database is garbage. Failures only delay the cleanup, so they are not errors.
-    async fn drop_orphaned_test_databases(&self) {
+    /// Drops the databases made by [`create_database`](Self::create_database) whose creating
+    /// process has exited: every test makes a database nobody drops, and without this a shared
+    /// cluster would grow by megabytes per test forever. The creator's pid is in the name, so
+    /// once it has exited the database is garbage. Failures only delay the cleanup, so they are
+    /// not errors.
+    pub async fn drop_orphaned_databases(&self) {
         let Ok(client) = self.connect(MAINTENANCE_DB).await else {
             return;
         };
@@ -601,7 +591,7 @@ impl EmbeddedPg {
             let Ok(name) = row.try_get::<_, String>(0) else {
                 continue;
             };
-            let Some(pid) = test_db_creator(&name) else {
+            let Some(pid) = database_creator(&name) else {
                 continue;
             };
             if pid == me || process_exists(pid) {
@@ -613,6 +603,18 @@ impl EmbeddedPg {
                 Err(e) => tracing::debug!("could not drop orphaned test database {name}: {e}"),
             }
         }
+    }
+}
+
+/// `pg_ctl stop` for every cluster this process launched, for exits that skip drops.
+static STARTED: Mutex<Vec<std::process::Command>> = Mutex::new(Vec::new());
+
+/// Stops every cluster this process launched; for exits that skip drops (shutdown grace
+/// passed, second signal), which would otherwise leave the server to crash recovery next time.
+pub fn stop_started_clusters() {
+    let stops = std::mem::take(&mut *STARTED.lock().unwrap_or_else(|p| p.into_inner()));
+    for mut stop in stops {
+        let _ = stop.status();
     }
 }
 
@@ -987,12 +989,6 @@ fn find_program(name: &str, fallbacks: &[&str]) -> Option<PathBuf> {
     })
 }
 
-fn shared_test_dir() -> PathBuf {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let uid = unsafe { libc::geteuid() };
-    env::temp_dir().join(format!("bigbrotr-test-pg-{uid}"))
-}
-
 fn free_port() -> Result<u16> {
     let listener = TcpListener::bind(("127.0.0.1", 0)).context("could not find a free TCP port")?;
     Ok(listener.local_addr()?.port())
@@ -1114,8 +1110,9 @@ fn unique_db_name(prefix: &str) -> String {
     name
 }
 
-/// The creating pid of a database named by `unique_db_name`, `None` for any other name.
-fn test_db_creator(name: &str) -> Option<u32> {
+/// The creating pid of a database named by [`EmbeddedPg::create_database`], `None` for any
+/// other name.
+pub fn database_creator(name: &str) -> Option<u32> {
     let mut parts = name.rsplitn(4, '_');
     let random = parts.next()?;
     let counter = parts.next()?;
@@ -1150,47 +1147,6 @@ fn random_u32() -> u32 {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn shared_cluster_hands_out_isolated_databases() {
-        let pg = EmbeddedPg::shared_for_tests()
-            .await
-            .expect("shared test cluster starts");
-        let url = pg
-            .create_database("embedded_pg")
-            .await
-            .expect("fresh database");
-        let (client, connection) = tokio_postgres::connect(&url, NoTls)
-            .await
-            .expect("connect to the fresh database");
-        tokio::spawn(connection);
-        let one: i32 = client
-            .query_one("SELECT 1", &[])
-            .await
-            .expect("SELECT 1")
-            .get(0);
-        assert_eq!(one, 1);
-        let db: String = client
-            .query_one("SELECT current_database()::text", &[])
-            .await
-            .expect("current_database")
-            .get(0);
-        assert!(url.ends_with(&format!("dbname={db}")), "{url} vs {db}");
-        assert_eq!(test_db_creator(&db), Some(std::process::id()));
-
-        let again = EmbeddedPg::shared_for_tests().await.expect("second call");
-        assert_eq!(again.port(), pg.port());
-
-        // Past the in-process cache: what another test process does, attach to the running server.
-        let attached = EmbeddedPg::start(&shared_test_dir(), 0, MAINTENANCE_DB, true)
-            .await
-            .expect("attach to the running cluster");
-        assert_eq!(attached.port(), pg.port());
-        assert!(
-            !attached.stop_on_drop,
-            "attaching must never stop a shared server"
-        );
-    }
-
     #[test]
     fn database_names_are_short_unique_and_recognisable() {
         let a = unique_db_name("Some Test-Name that is far too long for postgres");
@@ -1200,9 +1156,9 @@ mod tests {
         assert!(a
             .bytes()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_'));
-        assert_eq!(test_db_creator(&a), Some(std::process::id()));
+        assert_eq!(database_creator(&a), Some(std::process::id()));
         assert_eq!(
-            test_db_creator(&unique_db_name("")),
+            database_creator(&unique_db_name("")),
             Some(std::process::id())
         );
         for other in [
@@ -1212,7 +1168,7 @@ mod tests {
             "x_12_3_zzzzzzzz",
             "_1_2_0123abcd",
         ] {
-            assert_eq!(test_db_creator(other), None, "{other}");
+            assert_eq!(database_creator(other), None, "{other}");
         }
     }
 
