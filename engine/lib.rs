@@ -7,7 +7,7 @@ pub mod analytics;
 pub mod backup;
 pub mod bench;
 pub mod config;
-pub mod conninfo;
+pub use bigbrotr_pgcluster::conninfo;
 pub mod db;
 pub mod dvm;
 pub mod filter_sql;

@@ -16,6 +16,8 @@
 //! PostgreSQL refuses to run as root, so as root every server binary runs as the `postgres`
 //! OS user (through `runuser`, else `su`).
 
+pub mod conninfo;
+
 use std::collections::hash_map::RandomState;
 use std::ffi::{CString, OsStr, OsString};
 use std::hash::{BuildHasher, Hasher};
@@ -206,7 +208,7 @@ impl EmbeddedPg {
         format!(
             "host=127.0.0.1 port={} user={SERVER_USER} dbname={}",
             self.port,
-            conninfo_value(db)
+            conninfo::value(db)
         )
     }
 
@@ -220,7 +222,7 @@ impl EmbeddedPg {
         let name = unique_db_name(prefix);
         let client = self.connect(MAINTENANCE_DB).await?;
         client
-            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name)))
+            .batch_execute(&format!("CREATE DATABASE {}", conninfo::quote_ident(&name)))
             .await
             .with_context(|| format!("could not create database {name}"))?;
         Ok(self.url(&name))
@@ -553,7 +555,7 @@ impl EmbeddedPg {
             return Ok(());
         }
         match client
-            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(db)))
+            .batch_execute(&format!("CREATE DATABASE {}", conninfo::quote_ident(db)))
             .await
         {
             Ok(()) => Ok(()),
@@ -597,7 +599,7 @@ impl EmbeddedPg {
             if pid == me || process_exists(pid) {
                 continue;
             }
-            let sql = format!("DROP DATABASE IF EXISTS {}", quote_ident(&name));
+            let sql = format!("DROP DATABASE IF EXISTS {}", conninfo::quote_ident(&name));
             match client.batch_execute(&sql).await {
                 Ok(()) => tracing::debug!("dropped orphaned test database {name}"),
                 Err(e) => tracing::debug!("could not drop orphaned test database {name}: {e}"),
@@ -1069,18 +1071,6 @@ fn shell_quote(s: &OsStr) -> OsString {
     OsString::from_vec(out)
 }
 
-fn quote_ident(name: &str) -> String {
-    format!("\"{}\"", name.replace('"', "\"\""))
-}
-
-/// libpq key=value values need quotes only when empty or holding spaces, quotes or backslashes.
-fn conninfo_value(value: &str) -> String {
-    if !value.is_empty() && !value.contains([' ', '\'', '\\']) {
-        return value.to_owned();
-    }
-    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
 /// `<prefix>_<pid>_<counter>_<random>`: the pid lets a later process recognise databases whose
 /// creator has exited; the random part keeps names unique across pid reuse and checkouts.
 fn unique_db_name(prefix: &str) -> String {
@@ -1174,10 +1164,10 @@ mod tests {
 
     #[test]
     fn conninfo_quotes_only_when_needed() {
-        assert_eq!(conninfo_value("bigbrotr"), "bigbrotr");
-        assert_eq!(conninfo_value(""), "''");
-        assert_eq!(conninfo_value("a b"), "'a b'");
-        assert_eq!(conninfo_value(r"it's\"), r"'it\'s\\'");
+        assert_eq!(conninfo::value("bigbrotr"), "bigbrotr");
+        assert_eq!(conninfo::value(""), "''");
+        assert_eq!(conninfo::value("a b"), "'a b'");
+        assert_eq!(conninfo::value(r"it's\"), r"'it\'s\\'");
     }
 
     #[test]
