@@ -3,8 +3,9 @@
 
 use anyhow::{bail, Context};
 use bigbrotr_stages::batch::BatchConfig;
-use bigbrotr_stages::connect::{SyncConfig, TransportConfig};
+use bigbrotr_stages::connect::SyncConfig;
 use bigbrotr_stages::model::{Network, RelayUrl};
+use bigbrotr_stages::relay::TransportConfig;
 use bigbrotr_stages::verify::VerifyConfig;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

@@ -15,13 +15,13 @@ use crate::filter_sql::{
 };
 use anyhow::Context;
 use bb8_postgres::PostgresConnectionManager;
-use bigbrotr_stages::connect::TransportConfig;
 use bigbrotr_stages::dvm::{
     self as stage, Announcement, Answer, Backend, CustomerLimits, DvmSettings, DvmStats, Filter,
     Job, Limits,
 };
 use bigbrotr_stages::model::canonical::write_tags;
 use bigbrotr_stages::model::{now_secs, Event, RelayUrl};
+use bigbrotr_stages::relay::TransportConfig;
 use futures_util::TryStreamExt;
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,10 +4,10 @@
 use crate::config::Config;
 use crate::db::Pool;
 use anyhow::Context;
-use bigbrotr_stages::connect::TransportConfig;
 use bigbrotr_stages::finder::sources::HttpSource;
 use bigbrotr_stages::finder::{Finder, FinderConfig, FinderStats, OnceReport};
 use bigbrotr_stages::model::RelayUrl;
+use bigbrotr_stages::relay::TransportConfig;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;

@@ -21,9 +21,10 @@
 //! of them is fetching is not fetched by the others, which wait for its commit and record a
 //! sighting instead, so eight relays holding the same events cost one download of each.
 
-use super::{message, message::RelayMsg, Connector, Fail, Session};
+use super::{Connector, Fail, Session};
 use crate::model::relay::{NIP77_NO, NIP77_UNKNOWN, NIP77_YES};
 use crate::model::{now_secs, stats::inc, CursorState, Fallback, Reason};
+use crate::relay::message::{self, RelayMsg};
 use crate::sink::Pool;
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -8,11 +8,24 @@ use tokio_postgres::types::{ToSql, Type};
 /// `service_state.service_name` of the finder.
 pub const FINDER_SERVICE: &str = "finder";
 
-/// Database errors as messages naming what failed.
-pub type DbResult<T> = Result<T, String>;
+/// A finder statement that failed: what it was doing, and the database's error.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct StoreError {
+    what: &'static str,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
 
-fn err<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> String {
-    move |e| format!("{what}: {e}")
+/// The result of a finder statement.
+pub type DbResult<T> = Result<T, StoreError>;
+
+fn err<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError {
+        what,
+        source: Box::new(e),
+    }
 }
 
 type Conn<'a> =

@@ -4,9 +4,10 @@
 
 use super::net::{self, Tls};
 use super::nip11::note;
-use super::nip66;
-use crate::connect::transport::{Io, TransportConfig, Ws};
+use crate::model::sign::sign;
 use crate::model::RelayUrl;
+use crate::relay::transport::{Io, TransportConfig, Ws};
+use crate::relay::OkReply;
 use futures_util::{SinkExt, StreamExt};
 use secp256k1::Keypair;
 use serde_json::{json, Map, Value};
@@ -225,7 +226,7 @@ async fn write_check(
     timeout: Duration,
 ) -> Result<Write, String> {
     let now = crate::model::now_secs();
-    let ev = nip66::sign(kp, now, kind, &[], "bigbrotr monitor write check");
+    let ev = sign(kp, now, kind, &[], "bigbrotr monitor write check");
     let id = hex::encode(ev.id);
     let start = Instant::now();
     let deadline = start + timeout;
@@ -233,19 +234,17 @@ async fn write_check(
     let mut auth = false;
     loop {
         let a = next_array(ws, deadline).await?;
-        match a.first().and_then(Value::as_str) {
-            Some("OK") if a.get(1).and_then(Value::as_str) == Some(id.as_str()) => {
-                let accepted = a.get(2).and_then(Value::as_bool).unwrap_or(false);
-                let message = a.get(3).and_then(Value::as_str).unwrap_or("").to_string();
-                auth |= message.starts_with("auth-required");
+        match OkReply::from_json(&a) {
+            Some(ok) if ok.id == id => {
+                auth |= ok.message.starts_with("auth-required");
                 return Ok(Write {
                     rtt: net::millis_ceil(start.elapsed()),
-                    accepted,
-                    message,
+                    accepted: ok.accepted,
+                    message: ok.message.to_string(),
                     auth,
                 });
             }
-            Some("AUTH") => auth = true,
+            _ if a.first().and_then(Value::as_str) == Some("AUTH") => auth = true,
             _ => {}
         }
     }

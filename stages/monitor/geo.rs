@@ -3,6 +3,7 @@
 
 use super::nip11::note;
 use super::nip66::geohash;
+use super::MonitorError;
 use maxminddb::{geoip2, Reader};
 use serde_json::{json, Map, Value};
 use std::net::IpAddr;
@@ -29,10 +30,13 @@ impl std::fmt::Debug for GeoDb {
 
 impl GeoDb {
     /// Loads the databases into memory; an error names the file.
-    pub fn open(city: Option<&Path>, asn: Option<&Path>) -> Result<GeoDb, String> {
-        let load = |p: Option<&Path>| -> Result<Option<Reader<Vec<u8>>>, String> {
+    pub fn open(city: Option<&Path>, asn: Option<&Path>) -> Result<GeoDb, MonitorError> {
+        let load = |p: Option<&Path>| -> Result<Option<Reader<Vec<u8>>>, MonitorError> {
             p.map(|p| {
-                Reader::open_readfile(p).map_err(|e| format!("cannot open {}: {e}", p.display()))
+                Reader::open_readfile(p).map_err(|source| MonitorError::GeoDb {
+                    path: p.to_path_buf(),
+                    source,
+                })
             })
             .transpose()
         };

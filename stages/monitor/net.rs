@@ -2,8 +2,8 @@
 //! the DNS facts and the probes agree), SOCKS5 for overlay networks (the proxy resolves the
 //! name), and TLS with the monitor's trust roots: the webpki roots plus an optional extra CA.
 
-use crate::connect::transport::{Io, TransportConfig};
 use crate::model::Network;
+use crate::relay::transport::{Io, TransportConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;

@@ -3,8 +3,8 @@
 //! strings where numbers belong, pubkeys that are not hex, fields long removed from the spec).
 
 use super::net::{self, Tls};
-use crate::connect::transport::{Io, TransportConfig};
 use crate::model::{Network, RelayUrl};
+use crate::relay::transport::{Io, TransportConfig};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::header::{self, HeaderMap};

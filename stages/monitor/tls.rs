@@ -4,8 +4,8 @@
 
 use super::net::{self, Tls};
 use super::nip11::note;
-use crate::connect::transport::TransportConfig;
 use crate::model::RelayUrl;
+use crate::relay::transport::TransportConfig;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
