@@ -21,6 +21,8 @@
 //! Errors crossing a stage boundary are typed (one enum per stage, `thiserror`); their text is
 //! what reports and logs show. `anyhow` stays in the application.
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod batch;
 pub mod connect;
 pub mod dedupe;

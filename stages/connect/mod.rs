@@ -7,7 +7,7 @@
 //! event to steer the walk, and the owned event it builds is what verify checks, so nothing
 //! is parsed twice.
 
-pub mod neg;
+mod neg;
 mod recheck;
 
 use crate::model::{

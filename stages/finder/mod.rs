@@ -12,8 +12,8 @@
 
 pub mod hints;
 pub mod sources;
-pub mod store;
-pub mod validate;
+mod store;
+mod validate;
 
 pub use store::StoreError;
 

@@ -11,7 +11,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// What a successful validation found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Validation {
+pub(crate) enum Validation {
     /// Answered the REQ with EOSE.
     Readable,
     /// Refused the REQ with `CLOSED auth-required`.
@@ -20,7 +20,7 @@ pub enum Validation {
 
 /// Why a candidate did not validate; the text is recorded as the candidate's `last_error`.
 #[derive(Debug, thiserror::Error)]
-pub enum ValidateError {
+pub(crate) enum ValidateError {
     /// The WebSocket could not be opened.
     #[error(transparent)]
     Connect(#[from] TransportError),
@@ -57,7 +57,7 @@ const SUB: &str = "bbfinder";
 const MAX_FRAMES: usize = 64;
 
 /// Connects to `url` and asks for one event; `timeout` bounds the whole exchange.
-pub async fn validate(
+pub(crate) async fn validate(
     url: &RelayUrl,
     transport_cfg: &TransportConfig,
     timeout: Duration,

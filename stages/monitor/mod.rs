@@ -7,14 +7,14 @@
 //! The stage knows nothing of the database: the engine stores the results
 //! (`insert_relay_metadata`) and publishes the NIP-66 events built by [`nip66`].
 
-pub mod checks;
-pub mod dns;
-pub mod geo;
-pub mod net;
+mod checks;
+mod dns;
+mod geo;
+mod net;
 pub mod nip11;
 pub mod nip66;
 pub mod publish;
-pub mod tls;
+mod tls;
 
 use crate::model::{now_secs, Network, RelayUrl};
 use crate::relay::transport::TransportConfig;

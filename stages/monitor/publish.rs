@@ -92,7 +92,7 @@ pub async fn run(
 }
 
 /// Sends one event and waits for its `OK`: `(accepted, message)`.
-pub async fn send_one(
+pub(crate) async fn send_one(
     ws: &mut Ws,
     ev: &SignedEvent,
     timeout: Duration,
