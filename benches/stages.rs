@@ -48,7 +48,7 @@ fn bench_parse(c: &mut Criterion) {
             for f in &fr {
                 // The connector's path: depth scan, then simd-json.
                 if let Ok(simd_json::BorrowedValue::Array(a)) =
-                    bigbrotr::stages::connect::message::decode(f, &mut buf, &mut buffers)
+                    bigbrotr::stages::relay::message::decode(f, &mut buf, &mut buffers)
                 {
                     if let Some(Ok(r)) = a.get(2).map(EventRef::from_value) {
                         n += r.to_owned_event(&mut scratch).content.len();

@@ -8,8 +8,8 @@ use bb8_postgres::PostgresConnectionManager;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::NoTls;
 
-/// A pool of PostgreSQL connections (no TLS).
-pub type Pool = bb8::Pool<PostgresConnectionManager<NoTls>>;
+/// A pool of PostgreSQL connections (no TLS): the stages' one pool type.
+pub use bigbrotr_stages::sink::Pool;
 
 /// How long `connect` waits for the first connection before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);

@@ -6,12 +6,13 @@
 use crate::config::{secs, Config};
 use crate::db::Pool;
 use anyhow::Context;
-use bigbrotr_stages::connect::TransportConfig;
+use bigbrotr_stages::model::SignedEvent;
 use bigbrotr_stages::model::{now_secs, RelayUrl};
 use bigbrotr_stages::monitor::nip11::{lenient_bool, Limitation};
-use bigbrotr_stages::monitor::nip66::{self, Announcement, SignedEvent};
+use bigbrotr_stages::monitor::nip66::{self, Announcement};
 use bigbrotr_stages::monitor::publish::{self, PublishReport};
 use bigbrotr_stages::monitor::{self as stage, CheckResult, Checker, MonitorSettings, Parallelism};
+use bigbrotr_stages::relay::TransportConfig;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fmt::Write as _;

@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::db::Pool;
 use crate::pipeline::Pipeline;
 use crate::state::EngineState;
-use bigbrotr_stages::connect::Outcome;
+use bigbrotr_stages::connect::{GiveUpReason, Outcome};
 use bigbrotr_stages::model::{CursorState, Relay, RelayCtx, RelayUrl};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -407,7 +407,7 @@ impl<'p> Supervisor<'p> {
             }
             (None, Outcome::GaveUp(why)) => {
                 e.failures = if progressed { 1 } else { e.failures + 1 };
-                if why.starts_with("auth-required") {
+                if matches!(why, GiveUpReason::AuthRequired(_)) {
                     e.failures = e.failures.max(20);
                 }
                 let f = e.failures;

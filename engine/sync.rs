@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::db::Pool;
 use crate::pipeline::Pipeline;
 use crate::state::EngineState;
-use bigbrotr_stages::connect::Outcome;
+use bigbrotr_stages::connect::{GiveUpReason, Outcome};
 use bigbrotr_stages::model::{CursorState, Fallback, Relay, RelayCtx, RelayUrl};
 use bigbrotr_stages::sink::CURSOR_SERVICE;
 use std::collections::HashMap;
@@ -396,10 +396,7 @@ pub async fn sync_once(
     });
     let mut outcomes = Vec::new();
     for h in handles {
-        outcomes.push(
-            h.await
-                .unwrap_or(Outcome::GaveUp("connector panicked".into())),
-        );
+        outcomes.push(h.await.unwrap_or(Outcome::GaveUp(GiveUpReason::Panicked)));
     }
     let stats = pipeline.stats.clone();
     pipeline.finish().await;

@@ -13,7 +13,7 @@
 
 use crate::finder::hints;
 use crate::model::{Event, Item, Sighting, Verified};
-use crate::verify::SeenSet;
+use crate::seen::SeenSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 

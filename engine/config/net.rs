@@ -1,7 +1,7 @@
 //! `[net]`: socket limits and the SOCKS5 proxy, shared by every stage that opens a relay
 //! connection.
 
-use bigbrotr_stages::connect::TransportConfig;
+use bigbrotr_stages::relay::TransportConfig;
 use serde::Deserialize;
 
 /// `[net]`

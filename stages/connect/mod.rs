@@ -7,16 +7,15 @@
 //! event to steer the walk, and the owned event it builds is what verify checks, so nothing
 //! is parsed twice.
 
-pub mod message;
-pub mod neg;
+mod neg;
 mod recheck;
-pub mod transport;
 
 use crate::model::{
     now_secs, progress::Pending, stats::inc, CursorState, RawEvent, Reason, Relay, Ticket, CHUNK,
 };
+use crate::relay::message::{self, RelayMsg};
+use crate::relay::{transport, TransportConfig};
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use message::RelayMsg;
 pub use neg::Archive;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
@@ -25,7 +24,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
-pub use transport::TransportConfig;
 
 /// Longest wait for a polite close: a relay that stopped reading gets no more.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -117,7 +115,31 @@ pub enum Outcome {
     /// Stopped by shutdown.
     Cancelled,
     /// Too many failures, a timeout, or a relay we cannot page through.
-    GaveUp(String),
+    GaveUp(GiveUpReason),
+}
+
+/// Why a connector gave up on its relay for this run. The text is what the sync report and the
+/// logs show.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GiveUpReason {
+    /// The run's `relay_timeout` passed.
+    #[error("relay timeout {0:?}")]
+    RelayTimeout(Duration),
+    /// `max_failures` connection attempts in a row failed; the last one's error.
+    #[error("{0}")]
+    Connect(String),
+    /// `max_failures` sessions in a row failed; the last one's failure.
+    #[error("{0}")]
+    Failing(String),
+    /// The relay refused the REQ with `CLOSED auth-required:` (NIP-42): retrying cannot help.
+    #[error("auth-required: {0}")]
+    AuthRequired(String),
+    /// The relay answers with events newer than `until`, so it cannot be paged through.
+    #[error("relay ignores `until` (answers with newer events than asked)")]
+    IgnoresUntil,
+    /// The connector's task panicked (set by whoever joins it).
+    #[error("connector panicked")]
+    Panicked,
 }
 
 #[derive(Debug)]
@@ -132,7 +154,7 @@ enum Fail {
     Closed(String),
     RateLimited(String),
     AuthRequired(String),
-    Unsyncable(String),
+    IgnoresUntil,
     Stop,
 }
 
@@ -148,7 +170,7 @@ impl Fail {
             Fail::Closed(m) => format!("CLOSED: {m}"),
             Fail::RateLimited(m) => format!("CLOSED: {m}"),
             Fail::AuthRequired(m) => format!("CLOSED: {m}"),
-            Fail::Unsyncable(m) => m.clone(),
+            Fail::IgnoresUntil => GiveUpReason::IgnoresUntil.to_string(),
             Fail::Stop => "stopped".into(),
             Fail::Deadline => "relay timeout".into(),
         }
@@ -368,7 +390,7 @@ impl Connector {
             }
             if let Some(t) = self.cfg.relay_timeout {
                 if started.elapsed() > t {
-                    return Outcome::GaveUp(format!("relay timeout {t:?}"));
+                    return Outcome::GaveUp(GiveUpReason::RelayTimeout(t));
                 }
             }
             let ws = match transport::connect(
@@ -384,7 +406,7 @@ impl Connector {
                     inc(&self.relay.stats.failures);
                     tracing::debug!(relay = %self.relay.url, error = %e, failures, "connect failed");
                     if failures >= self.cfg.max_failures {
-                        return Outcome::GaveUp(e);
+                        return Outcome::GaveUp(GiveUpReason::Connect(e.to_string()));
                     }
                     if self.sleep_or_stop(self.backoff(failures)).await {
                         return Outcome::Cancelled;
@@ -415,21 +437,20 @@ impl Connector {
                 }
                 Err(Fail::Deadline) => {
                     self.close_within(&mut sess).await;
-                    return Outcome::GaveUp(format!(
-                        "relay timeout {:?}",
-                        self.cfg.relay_timeout.unwrap_or_default()
+                    return Outcome::GaveUp(GiveUpReason::RelayTimeout(
+                        self.cfg.relay_timeout.unwrap_or_default(),
                     ));
                 }
                 Err(Fail::AuthRequired(m)) => {
-                    return Outcome::GaveUp(format!("auth-required: {m}"))
+                    return Outcome::GaveUp(GiveUpReason::AuthRequired(m))
                 }
-                Err(Fail::Unsyncable(m)) => return Outcome::GaveUp(m),
+                Err(Fail::IgnoresUntil) => return Outcome::GaveUp(GiveUpReason::IgnoresUntil),
                 Err(e) => {
                     failures += 1;
                     inc(&self.relay.stats.failures);
                     tracing::debug!(relay = %self.relay.url, error = %e.describe(), failures, "session failed");
                     if failures >= self.cfg.max_failures {
-                        return Outcome::GaveUp(e.describe());
+                        return Outcome::GaveUp(GiveUpReason::Failing(e.describe()));
                     }
                     let mut wait = self.backoff(failures);
                     if matches!(e, Fail::RateLimited(_)) {
@@ -536,9 +557,7 @@ impl Connector {
                 // relay ignores `until`: nothing below this window can be paged. Keep the
                 // cursor where it is.
                 self.close_window(w.epoch, w.emitted, None);
-                return Err(Fail::Unsyncable(
-                    "relay ignores `until` (answers with newer events than asked)".into(),
-                ));
+                return Err(Fail::IgnoresUntil);
             }
             let done = CursorState {
                 synced_until: Some(end),

@@ -21,9 +21,10 @@
 //! of them is fetching is not fetched by the others, which wait for its commit and record a
 //! sighting instead, so eight relays holding the same events cost one download of each.
 
-use super::{message, message::RelayMsg, Connector, Fail, Session};
+use super::{Connector, Fail, Session};
 use crate::model::relay::{NIP77_NO, NIP77_UNKNOWN, NIP77_YES};
 use crate::model::{now_secs, stats::inc, CursorState, Fallback, Reason};
+use crate::relay::message::{self, RelayMsg};
 use crate::sink::Pool;
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -33,9 +34,9 @@ use std::time::{Duration, Instant};
 
 /// Most (created_at, id) pairs of the archive's side in one reconciliation (40 bytes each in
 /// the negentropy set): a larger range is split by time.
-pub const ITEMS_CAP: usize = 50_000;
+pub(crate) const ITEMS_CAP: usize = 50_000;
 /// Missing ids are looked up and fetched, mid-exchange, once this many have gathered.
-pub const DRAIN_AT: usize = 5_000;
+pub(crate) const DRAIN_AT: usize = 5_000;
 /// The frame size limit our side of negentropy keeps to (bytes before hex): a NEG-MSG is
 /// then at most ~100 KB of text, under strfry's default 128 KiB payload limit.
 const FRAME_LIMIT: u64 = 50_000;
@@ -119,7 +120,7 @@ impl Archive {
 
     /// The (created_at, id) pairs recorded for `relay` in [since, until], ascending, at most
     /// `cap + 1` (so a caller can tell the cap was reached).
-    pub async fn relay_items(
+    pub(crate) async fn relay_items(
         &self,
         relay: &str,
         since: i64,
@@ -166,7 +167,7 @@ impl Archive {
     }
 
     /// How many sightings of `relay` the archive holds with created_at in [since, until].
-    pub async fn relay_count(
+    pub(crate) async fn relay_count(
         &self,
         relay: &str,
         since: i64,
@@ -200,7 +201,7 @@ impl Archive {
 
     /// Records a sighting of `relay` for every id of `ids` whose body the archive holds;
     /// returns those ids and how many sightings were new.
-    pub async fn record_known(
+    pub(crate) async fn record_known(
         &self,
         relay: &str,
         ids: &[[u8; 32]],

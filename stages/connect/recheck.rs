@@ -7,11 +7,11 @@
 //! Otherwise a recent horizon (`sync.recheck_horizon`) below the cursor is re-walked each pass.
 //! Either way the bytes are counted apart from the first walk.
 
-use super::message::{self, RelayMsg};
 use super::neg::PROBE_TIMEOUT;
 use super::{Connector, Fail, Session};
 use crate::model::relay::{NIP77_NO, NIP77_UNKNOWN, NIP77_YES};
 use crate::model::{stats::inc, CursorState};
+use crate::relay::message::{self, RelayMsg};
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Most COUNT requests one pass spends narrowing down windows; past it, the windows left are

@@ -102,6 +102,11 @@ fn hex32_list(key: &str, v: &Value) -> Result<Vec<[u8; 32]>, String> {
         .collect()
 }
 
+/// A job request the DVM refuses: the text is the customer's `error` feedback.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidJob(pub String);
+
 fn integer(key: &str, v: &Value) -> Result<i64, String> {
     v.as_i64()
         .ok_or_else(|| format!("filter: {key} must be an integer (unix seconds)"))
@@ -109,7 +114,11 @@ fn integer(key: &str, v: &Value) -> Result<i64, String> {
 
 impl Filter {
     /// Parses and validates the JSON text of one NIP-01 filter object.
-    pub fn parse(text: &str, limits: &Limits) -> Result<Filter, String> {
+    pub fn parse(text: &str, limits: &Limits) -> Result<Filter, InvalidJob> {
+        Self::parse_text(text, limits).map_err(InvalidJob)
+    }
+
+    fn parse_text(text: &str, limits: &Limits) -> Result<Filter, String> {
         let v: Value =
             serde_json::from_str(text).map_err(|e| format!("filter is not valid JSON: {e}"))?;
         let obj = v
@@ -263,19 +272,23 @@ fn filter_text<'a>(params: &[(&str, &'a str)], tags: &'a [Vec<String>]) -> Resul
 }
 
 /// Reads the job of a request of `kind` from its tags.
-pub fn parse_job(kind: u16, tags: &[Vec<String>], limits: &Limits) -> Result<Job, String> {
+pub fn parse_job(kind: u16, tags: &[Vec<String>], limits: &Limits) -> Result<Job, InvalidJob> {
+    job_of(kind, tags, limits).map_err(InvalidJob)
+}
+
+fn job_of(kind: u16, tags: &[Vec<String>], limits: &Limits) -> Result<Job, String> {
     let params = params(tags)?;
     match kind {
         KIND_COUNT => {
             only(kind, &params, &["filter"])?;
-            Ok(Job::Count(Filter::parse(
+            Ok(Job::Count(Filter::parse_text(
                 filter_text(&params, tags)?,
                 limits,
             )?))
         }
         KIND_EVENTS => {
             only(kind, &params, &["filter"])?;
-            let filter = Filter::parse(filter_text(&params, tags)?, limits)?;
+            let filter = Filter::parse_text(filter_text(&params, tags)?, limits)?;
             let limit = filter
                 .limit
                 .map_or(limits.max_limit, |l| l.min(limits.max_limit));
@@ -420,7 +433,7 @@ mod tests {
         ];
         for (kind, t, want) in cases {
             let e = parse_job(*kind, &tags(t), &lim).expect_err(want);
-            assert!(e.contains(want), "{kind} {t:?}: {e}");
+            assert!(e.0.contains(want), "{kind} {t:?}: {e}");
         }
     }
 

@@ -17,12 +17,13 @@
 pub mod jobs;
 pub mod limits;
 
-pub use jobs::{Filter, Job, Limits};
+pub use jobs::{Filter, InvalidJob, Job, Limits};
 pub use limits::CustomerLimits;
 
-use crate::connect::transport::{self, TransportConfig, Ws};
+use crate::model::sign::{sign, SignedEvent};
 use crate::model::{now_secs, Event, RelayUrl};
-use crate::monitor::nip66::{sign, SignedEvent};
+use crate::relay::transport::{self, TransportConfig, Ws};
+use crate::relay::OkReply;
 use crate::verify::{Gate, Verifier};
 use futures_util::{SinkExt, StreamExt};
 use limits::{CustomerJob, Customers, Limited};
@@ -411,7 +412,7 @@ async fn dispatch<B: Backend>(ctx: Arc<Ctx>, backend: Arc<B>, incoming: flume::R
         let job = match jobs::parse_job(req.kind, &req.tags, &ctx.settings.limits) {
             Ok(j) => j,
             Err(why) => {
-                refuse(why);
+                refuse(why.0);
                 continue;
             }
         };
@@ -623,7 +624,7 @@ async fn relay_loop(
             }
             Err(e) => {
                 inc(&ctx.stats.connect_failures);
-                End::Lost(e)
+                End::Lost(e.to_string())
             }
         };
         match end {
@@ -751,12 +752,12 @@ async fn on_text(
             }
         }
         "OK" => {
-            let accepted = msg.get(2).and_then(Value::as_bool).unwrap_or(false);
-            if accepted {
+            let ok = OkReply::from_json(&msg);
+            if ok.is_some_and(|ok| ok.accepted) {
                 inc(&ctx.stats.published);
             } else {
                 inc(&ctx.stats.publish_rejected);
-                let why = msg.get(3).and_then(Value::as_str).unwrap_or("");
+                let why = ok.map_or("", |ok| ok.message);
                 tracing::warn!(relay = %url, message = %why, "DVM: relay refused an event");
             }
         }

@@ -12,11 +12,13 @@
 
 pub mod hints;
 pub mod sources;
-pub mod store;
-pub mod validate;
+mod store;
+mod validate;
 
-use crate::connect::TransportConfig;
+pub use store::StoreError;
+
 use crate::model::{now_secs, Network, RelayUrl};
+use crate::relay::TransportConfig;
 use crate::sink::Pool;
 use sources::HttpSource;
 use std::collections::HashSet;
@@ -26,6 +28,28 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
+
+/// Why a finder step failed; the loop logs it, counts database errors and goes on.
+#[derive(Debug, thiserror::Error)]
+pub enum FinderError {
+    /// A statement on the finder's tables failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The seed file could not be read.
+    #[error("cannot read seed file {}: {source}", path.display())]
+    SeedFile {
+        /// The configured seed file.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: std::io::Error,
+    },
+    /// The HTTP client for relay lists could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    HttpClient(reqwest::Error),
+    /// A relay list could not be fetched or read.
+    #[error(transparent)]
+    List(#[from] sources::ListError),
+}
 
 /// How the finder works (the engine builds it from `[finder]`, `[sync]` and `[net]`).
 #[derive(Debug, Clone)]
@@ -132,10 +156,10 @@ pub struct FinderStats {
 }
 
 /// What `run_once` did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct OnceReport {
     /// Per HTTP list: its name and the URLs it listed, or why it failed.
-    pub lists: Vec<(String, Result<usize, String>)>,
+    pub lists: Vec<(String, Result<usize, FinderError>)>,
     /// Relay lines in the seed file.
     pub seeds: usize,
     /// Archived events scanned by the catch-up pass.
@@ -239,7 +263,7 @@ impl Finder {
         &self,
         urls: Vec<(String, &'static str)>,
         source: &str,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, FinderError> {
         if urls.is_empty() {
             return Ok(0);
         }
@@ -266,19 +290,23 @@ impl Finder {
         &self,
         urls: impl IntoIterator<Item = &'a str>,
         source: &str,
-    ) -> Result<u64, String> {
+    ) -> Result<u64, FinderError> {
         let n = self.normalize(urls);
         self.add(n, source).await
     }
 
     /// Reads the seed file and adds its relays; returns the number of lines read.
-    pub async fn seeds_once(&self) -> Result<usize, String> {
+    pub async fn seeds_once(&self) -> Result<usize, FinderError> {
         let Some(path) = &self.cfg.seed_file else {
             return Ok(0);
         };
-        let text = tokio::fs::read_to_string(path)
-            .await
-            .map_err(|e| format!("cannot read seed file {}: {e}", path.display()))?;
+        let text =
+            tokio::fs::read_to_string(path)
+                .await
+                .map_err(|source| FinderError::SeedFile {
+                    path: path.clone(),
+                    source,
+                })?;
         let lines = sources::parse_seed_text(&text);
         let n = lines.len();
         self.add_raw(lines, "seeds").await?;
@@ -290,7 +318,7 @@ impl Finder {
         &self,
         client: &reqwest::Client,
         src: &HttpSource,
-    ) -> Result<usize, String> {
+    ) -> Result<usize, FinderError> {
         let now = now_secs();
         let res = sources::fetch(client, src, self.cfg.max_response_bytes).await;
         let (payload, out) = match res {
@@ -314,7 +342,7 @@ impl Finder {
                 tracing::warn!(list = %src.url, error = %e, "relay list fetch failed");
                 (
                     serde_json::json!({"fetched_at": now, "error": e.to_string()}),
-                    Err(e.to_string()),
+                    Err(FinderError::List(e)),
                 )
             }
         };
@@ -324,7 +352,7 @@ impl Finder {
 
     /// When `src` may be fetched again: its cooldown after the last recorded fetch, or
     /// sooner (at most [`LIST_RETRY`]) after a failed one.
-    async fn list_due_at(&self, src: &HttpSource) -> Result<i64, String> {
+    async fn list_due_at(&self, src: &HttpSource) -> Result<i64, FinderError> {
         let st = store::load_state(&self.pool, &format!("source:{}", src.url)).await?;
         let last = st
             .as_ref()
@@ -343,7 +371,7 @@ impl Finder {
 
     /// Scans archived events for hints from the saved position until done or `stop`;
     /// returns the number of events scanned by this call.
-    pub async fn catch_up(&self, stop: &watch::Receiver<bool>) -> Result<u64, String> {
+    pub async fn catch_up(&self, stop: &watch::Receiver<bool>) -> Result<u64, FinderError> {
         let st = store::load_state(&self.pool, "catchup").await?;
         if st
             .as_ref()
@@ -407,7 +435,7 @@ impl Finder {
     }
 
     /// Validates one candidate and records the result; returns Ok(true) if it was validated.
-    pub async fn validate_one(&self, url: &str) -> Result<bool, String> {
+    pub async fn validate_one(&self, url: &str) -> Result<bool, FinderError> {
         let now = now_secs();
         let parsed = match RelayUrl::parse(url, self.cfg.allow_local) {
             Ok(u) => u,
@@ -446,7 +474,7 @@ impl Finder {
                 let dropped = store::record_failure(
                     &self.pool,
                     parsed.as_str(),
-                    &e,
+                    &e.to_string(),
                     now_secs(),
                     self.cfg.backoff.max(1.0),
                     self.cfg.backoff_max.max(1.0),
@@ -463,7 +491,7 @@ impl Finder {
     }
 
     /// Validates every candidate due now, once each, `validate_concurrency` at a time.
-    pub async fn validate_due(&self) -> Result<(u64, u64), String> {
+    pub async fn validate_due(&self) -> Result<(u64, u64), FinderError> {
         let networks = self.cfg.networks();
         let due = store::due_candidates(
             &self.pool,
@@ -498,7 +526,7 @@ impl Finder {
 
     /// One pass: the seed file, every HTTP list (cooldowns ignored, fetch times recorded),
     /// the archive catch-up to its end, then one validation of every due candidate.
-    pub async fn run_once(&self) -> Result<OnceReport, String> {
+    pub async fn run_once(&self) -> Result<OnceReport, FinderError> {
         let before = (
             self.stats.candidates_added.load(Relaxed),
             self.stats.dropped.load(Relaxed),
@@ -672,7 +700,7 @@ impl Finder {
     async fn validator(self, mut stop: watch::Receiver<bool>) {
         let networks = self.cfg.networks();
         let conc = self.cfg.validate_concurrency.max(1);
-        let mut set: JoinSet<(String, Result<bool, String>)> = JoinSet::new();
+        let mut set: JoinSet<(String, Result<bool, FinderError>)> = JoinSet::new();
         let mut busy: HashSet<String> = HashSet::new();
         let mut next_forget = tokio::time::Instant::now();
         loop {

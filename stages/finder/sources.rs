@@ -102,7 +102,10 @@ pub fn parse_seed_text(text: &str) -> Vec<&str> {
 
 /// An HTTP client for relay lists: rustls with the webpki roots, a total timeout, and the
 /// SOCKS5 proxy (names resolved by the proxy) for `.onion`/`.i2p`/`.loki` list hosts.
-pub fn http_client(socks5: Option<&str>, timeout: Duration) -> Result<reqwest::Client, String> {
+pub fn http_client(
+    socks5: Option<&str>,
+    timeout: Duration,
+) -> Result<reqwest::Client, super::FinderError> {
     let mut b = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
@@ -119,8 +122,7 @@ pub fn http_client(socks5: Option<&str>, timeout: Duration) -> Result<reqwest::C
         });
         b = b.proxy(p);
     }
-    b.build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+    b.build().map_err(super::FinderError::HttpClient)
 }
 
 /// Fetches `src` and reads its relay URLs; bodies beyond `max_bytes` are refused.

@@ -6,13 +6,26 @@ use crate::sink::Pool;
 use tokio_postgres::types::{ToSql, Type};
 
 /// `service_state.service_name` of the finder.
-pub const FINDER_SERVICE: &str = "finder";
+pub(crate) const FINDER_SERVICE: &str = "finder";
 
-/// Database errors as messages naming what failed.
-pub type DbResult<T> = Result<T, String>;
+/// A finder statement that failed: what it was doing, and the database's error.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}: {source}")]
+pub struct StoreError {
+    what: &'static str,
+    source: Box<dyn std::error::Error + Send + Sync>,
+}
 
-fn err<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> String {
-    move |e| format!("{what}: {e}")
+/// The result of a finder statement.
+pub(crate) type DbResult<T> = Result<T, StoreError>;
+
+fn err<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError {
+        what,
+        source: Box::new(e),
+    }
 }
 
 type Conn<'a> =
@@ -23,7 +36,7 @@ async fn conn(pool: &Pool) -> DbResult<Conn<'_>> {
 }
 
 /// Active (not dropped) candidates.
-pub async fn active_candidates(pool: &Pool) -> DbResult<i64> {
+pub(crate) async fn active_candidates(pool: &Pool) -> DbResult<i64> {
     let c = conn(pool).await?;
     let row = c
         .query_one(
@@ -37,7 +50,7 @@ pub async fn active_candidates(pool: &Pool) -> DbResult<i64> {
 
 /// Adds `(url, network)` pairs as candidates found in `source`, skipping URLs already in
 /// `relays` or already candidates (tombstones included). Returns how many were new.
-pub async fn add_candidates(
+pub(crate) async fn add_candidates(
     pool: &Pool,
     rows: &[(String, &'static str)],
     source: &str,
@@ -73,7 +86,7 @@ pub async fn add_candidates(
 }
 
 /// Up to `limit` active candidates due at `now` on `networks`, not in `busy`, oldest due first.
-pub async fn due_candidates(
+pub(crate) async fn due_candidates(
     pool: &Pool,
     now: i64,
     networks: &[&str],
@@ -99,7 +112,7 @@ pub async fn due_candidates(
 }
 
 /// When the next active candidate on `networks` becomes due.
-pub async fn next_due(pool: &Pool, networks: &[&str]) -> DbResult<Option<i64>> {
+pub(crate) async fn next_due(pool: &Pool, networks: &[&str]) -> DbResult<Option<i64>> {
     let c = conn(pool).await?;
     let row = c
         .query_one(
@@ -114,7 +127,7 @@ pub async fn next_due(pool: &Pool, networks: &[&str]) -> DbResult<Option<i64>> {
 
 /// A validated candidate enters `relays` and leaves `candidates`, in one transaction.
 /// Returns true if the relay is new to `relays`.
-pub async fn promote(pool: &Pool, url: &str, network: &str, now: i64) -> DbResult<bool> {
+pub(crate) async fn promote(pool: &Pool, url: &str, network: &str, now: i64) -> DbResult<bool> {
     let mut c = conn(pool).await?;
     let tx = c.transaction().await.map_err(err("begin"))?;
     let n = tx
@@ -135,7 +148,7 @@ pub async fn promote(pool: &Pool, url: &str, network: &str, now: i64) -> DbResul
 /// Records a failed validation: the next attempt waits `backoff · 2^(attempts)` seconds
 /// (at most `backoff_max`); the attempt that reaches `max_attempts` drops the candidate.
 /// Returns true if it was dropped.
-pub async fn record_failure(
+pub(crate) async fn record_failure(
     pool: &Pool,
     url: &str,
     error: &str,
@@ -164,7 +177,7 @@ pub async fn record_failure(
 }
 
 /// Drops a candidate at once (e.g. its URL is no longer acceptable).
-pub async fn drop_candidate(pool: &Pool, url: &str, error: &str, now: i64) -> DbResult<()> {
+pub(crate) async fn drop_candidate(pool: &Pool, url: &str, error: &str, now: i64) -> DbResult<()> {
     let c = conn(pool).await?;
     c.execute(
         "UPDATE candidates SET dropped_at = $3, last_error = $2 WHERE url = $1",
@@ -176,7 +189,7 @@ pub async fn drop_candidate(pool: &Pool, url: &str, error: &str, now: i64) -> Db
 }
 
 /// Forgets tombstones dropped before `before`, so their URLs can be found again.
-pub async fn forget_dropped(pool: &Pool, before: i64) -> DbResult<u64> {
+pub(crate) async fn forget_dropped(pool: &Pool, before: i64) -> DbResult<u64> {
     let c = conn(pool).await?;
     c.execute(
         "DELETE FROM candidates WHERE dropped_at IS NOT NULL AND dropped_at < $1",
@@ -187,7 +200,7 @@ pub async fn forget_dropped(pool: &Pool, before: i64) -> DbResult<u64> {
 }
 
 /// The finder's state row `key`.
-pub async fn load_state(pool: &Pool, key: &str) -> DbResult<Option<serde_json::Value>> {
+pub(crate) async fn load_state(pool: &Pool, key: &str) -> DbResult<Option<serde_json::Value>> {
     let c = conn(pool).await?;
     let row = c
         .query_opt(
@@ -200,7 +213,7 @@ pub async fn load_state(pool: &Pool, key: &str) -> DbResult<Option<serde_json::V
 }
 
 /// Writes the finder's state row `key`.
-pub async fn save_state(
+pub(crate) async fn save_state(
     pool: &Pool,
     key: &str,
     payload: &serde_json::Value,
@@ -221,20 +234,24 @@ pub async fn save_state(
 
 /// One archived event as the catch-up pass sees it.
 #[derive(Debug)]
-pub struct ArchivedRow {
+pub(crate) struct ArchivedRow {
     /// Event id.
-    pub id: Vec<u8>,
+    pub(crate) id: Vec<u8>,
     /// Kind.
-    pub kind: u16,
+    pub(crate) kind: u16,
     /// Tags as JSON text.
-    pub tags: String,
+    pub(crate) tags: String,
     /// Content, only for kinds whose content can carry hints (kind 3).
-    pub content: Option<String>,
+    pub(crate) content: Option<String>,
 }
 
 /// Up to `limit` archived events with id greater than `after`, by id (keyset pagination:
 /// each page costs the same however far the scan is).
-pub async fn archive_page(pool: &Pool, after: &[u8], limit: usize) -> DbResult<Vec<ArchivedRow>> {
+pub(crate) async fn archive_page(
+    pool: &Pool,
+    after: &[u8],
+    limit: usize,
+) -> DbResult<Vec<ArchivedRow>> {
     let c = conn(pool).await?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = c

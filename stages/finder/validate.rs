@@ -2,20 +2,52 @@
 //! `REQ {limit:1}` with EOSE, or refuses it with `CLOSED auth-required` (it exists and
 //! speaks Nostr; reading it needs NIP-42).
 
-use crate::connect::message::{self, RelayMsg};
-use crate::connect::transport::{self, TransportConfig};
 use crate::model::{Reason, RelayUrl};
+use crate::relay::message::{self, RelayMsg};
+use crate::relay::transport::{self, TransportConfig, TransportError};
 use futures_util::{SinkExt, StreamExt};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 /// What a successful validation found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Validation {
+pub(crate) enum Validation {
     /// Answered the REQ with EOSE.
     Readable,
     /// Refused the REQ with `CLOSED auth-required`.
     AuthRequired,
+}
+
+/// Why a candidate did not validate; the text is recorded as the candidate's `last_error`.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ValidateError {
+    /// The WebSocket could not be opened.
+    #[error(transparent)]
+    Connect(#[from] TransportError),
+    /// The REQ could not be sent.
+    #[error("send: {0}")]
+    Send(tokio_tungstenite::tungstenite::Error),
+    /// Reading the answer failed.
+    #[error("read: {0}")]
+    Read(tokio_tungstenite::tungstenite::Error),
+    /// No EOSE before the timeout.
+    #[error("no EOSE within {0:?}")]
+    Timeout(Duration),
+    /// The connection ended before EOSE.
+    #[error("connection closed before EOSE")]
+    Dropped,
+    /// The relay closed the connection before EOSE.
+    #[error("relay closed the connection before EOSE")]
+    ClosedByRelay,
+    /// A frame nested deeper than we parse.
+    #[error("relay sent JSON nested too deep")]
+    TooDeep,
+    /// The relay refused the REQ, and not for authentication.
+    #[error("CLOSED: {0}")]
+    Refused(String),
+    /// [`MAX_FRAMES`] frames came and none was EOSE.
+    #[error("no EOSE within {MAX_FRAMES} frames")]
+    TooManyFrames,
 }
 
 const SUB: &str = "bbfinder";
@@ -25,38 +57,39 @@ const SUB: &str = "bbfinder";
 const MAX_FRAMES: usize = 64;
 
 /// Connects to `url` and asks for one event; `timeout` bounds the whole exchange.
-pub async fn validate(
+pub(crate) async fn validate(
     url: &RelayUrl,
     transport_cfg: &TransportConfig,
     timeout: Duration,
-) -> Result<Validation, String> {
+) -> Result<Validation, ValidateError> {
     let deadline = Instant::now() + timeout;
     let mut ws = transport::connect(url, transport_cfg, timeout).await?;
     let req = format!("[\"REQ\",\"{SUB}\",{{\"limit\":1}}]");
     let res = async {
         ws.send(Message::Text(req.into()))
             .await
-            .map_err(|e| format!("send: {e}"))?;
+            .map_err(ValidateError::Send)?;
         let mut buf = Vec::new();
         let mut buffers = simd_json::Buffers::default();
         for _ in 0..MAX_FRAMES {
             let left = deadline.saturating_duration_since(Instant::now());
             let next = tokio::time::timeout(left, ws.next())
                 .await
-                .map_err(|_| format!("no EOSE within {timeout:?}"))?;
-            let data: &[u8] = match &next {
-                None => return Err("connection closed before EOSE".to_string()),
-                Some(Err(e)) => return Err(format!("read: {e}")),
-                Some(Ok(Message::Text(t))) => t.as_bytes(),
-                Some(Ok(Message::Binary(b))) => b,
-                Some(Ok(Message::Close(_))) => {
-                    return Err("relay closed the connection before EOSE".to_string())
-                }
-                Some(Ok(_)) => continue,
+                .map_err(|_| ValidateError::Timeout(timeout))?;
+            let msg = match next {
+                None => return Err(ValidateError::Dropped),
+                Some(Err(e)) => return Err(ValidateError::Read(e)),
+                Some(Ok(m)) => m,
+            };
+            let data: &[u8] = match &msg {
+                Message::Text(t) => t.as_bytes(),
+                Message::Binary(b) => b,
+                Message::Close(_) => return Err(ValidateError::ClosedByRelay),
+                _ => continue,
             };
             let v = match message::decode(data, &mut buf, &mut buffers) {
                 Ok(v) => v,
-                Err(Reason::TooDeep) => return Err("relay sent JSON nested too deep".to_string()),
+                Err(Reason::TooDeep) => return Err(ValidateError::TooDeep),
                 Err(_) => continue,
             };
             match message::parse(&v) {
@@ -65,13 +98,13 @@ pub async fn validate(
                     return if m.starts_with("auth-required") {
                         Ok(Validation::AuthRequired)
                     } else {
-                        Err(format!("CLOSED: {m}"))
+                        Err(ValidateError::Refused(m.to_string()))
                     };
                 }
                 _ => {}
             }
         }
-        Err(format!("no EOSE within {MAX_FRAMES} frames"))
+        Err(ValidateError::TooManyFrames)
     }
     .await;
     // Be polite either way; the answer is already known.

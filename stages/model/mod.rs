@@ -1,16 +1,18 @@
 //! The Nostr model shared by the stages: events, canonical serialization, relay identity,
-//! per-relay statistics and the cursor progress tracker.
+//! signing, per-relay statistics and the cursor progress tracker.
 
 pub mod canonical;
 pub mod event;
 pub mod json;
 pub mod progress;
 pub mod relay;
+pub mod sign;
 pub mod stats;
 
 pub use event::{Event, EventRef, ParseError};
 pub use progress::{CursorState, Progress, Ticket};
 pub use relay::{Network, RelayCtx, RelayUrl};
+pub use sign::SignedEvent;
 pub use stats::{Fallback, Reason, RelayStats};
 
 use std::sync::Arc;

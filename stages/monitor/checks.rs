@@ -4,9 +4,10 @@
 
 use super::net::{self, Tls};
 use super::nip11::note;
-use super::nip66;
-use crate::connect::transport::{Io, TransportConfig, Ws};
+use crate::model::sign::sign;
 use crate::model::RelayUrl;
+use crate::relay::transport::{Io, TransportConfig, Ws};
+use crate::relay::OkReply;
 use futures_util::{SinkExt, StreamExt};
 use secp256k1::Keypair;
 use serde_json::{json, Map, Value};
@@ -20,42 +21,42 @@ const MAX_FRAMES_PER_ANSWER: usize = 256;
 
 /// What the WebSocket checks need.
 #[derive(Debug, Clone)]
-pub struct WsConfig {
+pub(crate) struct WsConfig {
     /// Proxy, socket and message limits.
-    pub transport: TransportConfig,
+    pub(crate) transport: TransportConfig,
     /// TLS trust for wss.
-    pub tls: Tls,
+    pub(crate) tls: Tls,
     /// Budget of each step (open, read, write).
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// The key that signs the write probe; `None` skips the write check.
-    pub keypair: Option<Keypair>,
+    pub(crate) keypair: Option<Keypair>,
     /// Kind of the write probe (ephemeral by default, so relays do not keep it).
-    pub write_kind: u16,
+    pub(crate) write_kind: u16,
 }
 
 /// The outcome of the WebSocket checks.
 #[derive(Debug, Clone, Default)]
-pub struct WsOutcome {
+pub(crate) struct WsOutcome {
     /// Handshake time, when it succeeded.
-    pub rtt_open: Option<u32>,
+    pub(crate) rtt_open: Option<u32>,
     /// Time to the first EVENT or EOSE.
-    pub rtt_read: Option<u32>,
+    pub(crate) rtt_read: Option<u32>,
     /// Time to `OK true`.
-    pub rtt_write: Option<u32>,
+    pub(crate) rtt_write: Option<u32>,
     /// The handshake succeeded.
-    pub openable: bool,
+    pub(crate) openable: bool,
     /// The REQ was answered with EVENT or EOSE.
-    pub readable: bool,
+    pub(crate) readable: bool,
     /// `None` when the write check was skipped (no key).
-    pub writable: Option<bool>,
+    pub(crate) writable: Option<bool>,
     /// The relay asked for NIP-42 authentication (AUTH, `auth-required:`).
-    pub auth_required: bool,
+    pub(crate) auth_required: bool,
     /// Details: `open`, `read`, `write` objects with `error`/`result`/`message`.
-    pub details: Map<String, Value>,
+    pub(crate) details: Map<String, Value>,
 }
 
 /// Runs open, read and write against `relay`, connecting to `addrs` when given.
-pub async fn check(relay: &RelayUrl, addrs: &[IpAddr], cfg: &WsConfig) -> WsOutcome {
+pub(crate) async fn check(relay: &RelayUrl, addrs: &[IpAddr], cfg: &WsConfig) -> WsOutcome {
     let mut out = WsOutcome::default();
     let start = Instant::now();
     let ws = match net::within(cfg.timeout, "open", open(relay, addrs, cfg)).await {
@@ -120,7 +121,7 @@ pub async fn check(relay: &RelayUrl, addrs: &[IpAddr], cfg: &WsConfig) -> WsOutc
 
 /// Opens the WebSocket with the monitor's trust roots (not the connectors' transport, which
 /// knows only the webpki roots and the system resolver).
-pub async fn open(relay: &RelayUrl, addrs: &[IpAddr], cfg: &WsConfig) -> Result<Ws, String> {
+pub(crate) async fn open(relay: &RelayUrl, addrs: &[IpAddr], cfg: &WsConfig) -> Result<Ws, String> {
     let (host, port) = relay.host_port().ok_or("no host/port")?;
     let stream = net::dial(&host, port, relay.network(), addrs, &cfg.transport).await?;
     let stream: Box<dyn Io> = if relay.is_tls() {
@@ -225,7 +226,7 @@ async fn write_check(
     timeout: Duration,
 ) -> Result<Write, String> {
     let now = crate::model::now_secs();
-    let ev = nip66::sign(kp, now, kind, &[], "bigbrotr monitor write check");
+    let ev = sign(kp, now, kind, &[], "bigbrotr monitor write check");
     let id = hex::encode(ev.id);
     let start = Instant::now();
     let deadline = start + timeout;
@@ -233,19 +234,17 @@ async fn write_check(
     let mut auth = false;
     loop {
         let a = next_array(ws, deadline).await?;
-        match a.first().and_then(Value::as_str) {
-            Some("OK") if a.get(1).and_then(Value::as_str) == Some(id.as_str()) => {
-                let accepted = a.get(2).and_then(Value::as_bool).unwrap_or(false);
-                let message = a.get(3).and_then(Value::as_str).unwrap_or("").to_string();
-                auth |= message.starts_with("auth-required");
+        match OkReply::from_json(&a) {
+            Some(ok) if ok.id == id => {
+                auth |= ok.message.starts_with("auth-required");
                 return Ok(Write {
                     rtt: net::millis_ceil(start.elapsed()),
-                    accepted,
-                    message,
+                    accepted: ok.accepted,
+                    message: ok.message.to_string(),
                     auth,
                 });
             }
-            Some("AUTH") => auth = true,
+            _ if a.first().and_then(Value::as_str) == Some("AUTH") => auth = true,
             _ => {}
         }
     }

@@ -15,7 +15,10 @@ const MAX_ANSWERS: usize = 32;
 
 /// A resolver that does not cache (so TTLs are the servers', not a countdown) and does not
 /// read the hosts file (so the answers are what the DNS says).
-pub fn resolver(server: Option<SocketAddr>, timeout: Duration) -> Result<TokioResolver, String> {
+pub(crate) fn resolver(
+    server: Option<SocketAddr>,
+    timeout: Duration,
+) -> Result<TokioResolver, String> {
     let mut builder = match server {
         Some(addr) => {
             let mut ns = NameServerConfig::udp_and_tcp(addr.ip());
@@ -43,16 +46,16 @@ pub fn resolver(server: Option<SocketAddr>, timeout: Duration) -> Result<TokioRe
 
 /// The outcome of the DNS check.
 #[derive(Debug, Clone)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     /// IPv4 addresses first, then IPv6, as answered.
-    pub addrs: Vec<IpAddr>,
+    pub(crate) addrs: Vec<IpAddr>,
     /// `{"a": [{"ip", "ttl"}], "aaaa": [...], "cname": [{"name", "target", "ttl"}],
     /// "ttl": lowest TTL seen, "errors": {"a": ...}}`.
-    pub json: Value,
+    pub(crate) json: Value,
 }
 
 /// Looks up `host` (a domain name, not an IP literal); never fails: errors are in the JSON.
-pub async fn check(resolver: &TokioResolver, host: &str, budget: Duration) -> Resolved {
+pub(crate) async fn check(resolver: &TokioResolver, host: &str, budget: Duration) -> Resolved {
     let fqdn = if host.ends_with('.') {
         host.to_string()
     } else {

@@ -3,6 +3,7 @@
 
 use super::nip11::note;
 use super::nip66::geohash;
+use super::MonitorError;
 use maxminddb::{geoip2, Reader};
 use serde_json::{json, Map, Value};
 use std::net::IpAddr;
@@ -13,7 +14,7 @@ use std::path::Path;
 const GEOHASH_PRECISION: usize = 9;
 
 /// The opened databases (each optional).
-pub struct GeoDb {
+pub(crate) struct GeoDb {
     city: Option<Reader<Vec<u8>>>,
     asn: Option<Reader<Vec<u8>>>,
 }
@@ -29,10 +30,13 @@ impl std::fmt::Debug for GeoDb {
 
 impl GeoDb {
     /// Loads the databases into memory; an error names the file.
-    pub fn open(city: Option<&Path>, asn: Option<&Path>) -> Result<GeoDb, String> {
-        let load = |p: Option<&Path>| -> Result<Option<Reader<Vec<u8>>>, String> {
+    pub(crate) fn open(city: Option<&Path>, asn: Option<&Path>) -> Result<GeoDb, MonitorError> {
+        let load = |p: Option<&Path>| -> Result<Option<Reader<Vec<u8>>>, MonitorError> {
             p.map(|p| {
-                Reader::open_readfile(p).map_err(|e| format!("cannot open {}: {e}", p.display()))
+                Reader::open_readfile(p).map_err(|source| MonitorError::GeoDb {
+                    path: p.to_path_buf(),
+                    source,
+                })
             })
             .transpose()
         };
@@ -43,14 +47,14 @@ impl GeoDb {
     }
 
     /// True when at least one database is loaded.
-    pub fn is_enabled(&self) -> bool {
+    pub(crate) fn is_enabled(&self) -> bool {
         self.city.is_some() || self.asn.is_some()
     }
 
     /// What the databases know of `ip`: `ip`, `country`, `country_name`, `continent`, `city`,
     /// `latitude`, `longitude`, `accuracy_radius`, `time_zone`, `geohash`, `asn`, `as_org`,
     /// and `error` for a lookup that failed.
-    pub fn lookup(&self, ip: IpAddr) -> Value {
+    pub(crate) fn lookup(&self, ip: IpAddr) -> Value {
         let mut out = Map::new();
         out.insert("ip".into(), Value::String(ip.to_string()));
         if let Some(r) = &self.city {

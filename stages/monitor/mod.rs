@@ -7,17 +7,17 @@
 //! The stage knows nothing of the database: the engine stores the results
 //! (`insert_relay_metadata`) and publishes the NIP-66 events built by [`nip66`].
 
-pub mod checks;
-pub mod dns;
-pub mod geo;
-pub mod net;
+mod checks;
+mod dns;
+mod geo;
+mod net;
 pub mod nip11;
 pub mod nip66;
 pub mod publish;
-pub mod tls;
+mod tls;
 
-use crate::connect::transport::TransportConfig;
 use crate::model::{now_secs, Network, RelayUrl};
+use crate::relay::transport::TransportConfig;
 use hickory_resolver::TokioResolver;
 use secp256k1::Keypair;
 use serde_json::{Map, Value};
@@ -141,11 +141,27 @@ impl std::fmt::Debug for Checker {
     }
 }
 
+/// Why the monitor could not start; a check itself never fails (its result says what went
+/// wrong).
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorError {
+    /// The extra CA file is unusable, or the TLS configuration could not be built.
+    #[error("TLS CA file: {0}")]
+    TlsCa(String),
+    /// A GeoIP/ASN database could not be opened.
+    #[error("cannot open {}: {source}", path.display())]
+    GeoDb {
+        /// The database file.
+        path: PathBuf,
+        /// Why it could not be read.
+        source: maxminddb::MaxMindDbError,
+    },
+}
+
 impl Checker {
     /// Loads the TLS roots, the resolver and the GeoIP databases; errors say which failed.
-    pub fn new(settings: MonitorSettings) -> Result<Checker, String> {
-        let tls = net::Tls::new(settings.tls_ca_pem.as_deref())
-            .map_err(|e| format!("TLS CA file: {e}"))?;
+    pub fn new(settings: MonitorSettings) -> Result<Checker, MonitorError> {
+        let tls = net::Tls::new(settings.tls_ca_pem.as_deref()).map_err(MonitorError::TlsCa)?;
         let resolver = dns::resolver(settings.dns_server, settings.timeout_clearnet);
         let geo = geo::GeoDb::open(settings.geoip_db.as_deref(), settings.asn_db.as_deref())?;
         Ok(Checker {

@@ -2,8 +2,8 @@
 //! the DNS facts and the probes agree), SOCKS5 for overlay networks (the proxy resolves the
 //! name), and TLS with the monitor's trust roots: the webpki roots plus an optional extra CA.
 
-use crate::connect::transport::{Io, TransportConfig};
 use crate::model::Network;
+use crate::relay::transport::{Io, TransportConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
@@ -18,7 +18,7 @@ use tokio_rustls::TlsConnector;
 
 /// The monitor's TLS trust: one verifier shared by every probe.
 #[derive(Clone)]
-pub struct Tls {
+pub(crate) struct Tls {
     provider: Arc<CryptoProvider>,
     verifier: Arc<WebPkiServerVerifier>,
     strict: Arc<ClientConfig>,
@@ -32,7 +32,7 @@ impl std::fmt::Debug for Tls {
 
 impl Tls {
     /// Trusts the webpki roots plus every certificate in `extra_ca_pem` (PEM text).
-    pub fn new(extra_ca_pem: Option<&[u8]>) -> Result<Tls, String> {
+    pub(crate) fn new(extra_ca_pem: Option<&[u8]>) -> Result<Tls, String> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
@@ -68,14 +68,14 @@ impl Tls {
 
     /// A client configuration that refuses certificates that do not verify, as a relay's
     /// users would.
-    pub fn strict(&self) -> Arc<ClientConfig> {
+    pub(crate) fn strict(&self) -> Arc<ClientConfig> {
         self.strict.clone()
     }
 
     /// A client configuration that completes the handshake whatever the certificate, and
     /// records the chain and whether it verifies: the TLS probe reports on bad certificates
     /// instead of failing on them.
-    pub fn capturing(&self) -> Result<(Arc<ClientConfig>, Arc<Capture>), String> {
+    pub(crate) fn capturing(&self) -> Result<(Arc<ClientConfig>, Arc<Capture>), String> {
         let capture = Arc::new(Capture {
             inner: self.verifier.clone(),
             seen: Mutex::new(None),
@@ -92,23 +92,23 @@ impl Tls {
 
 /// What the capturing verifier saw: the presented chain (leaf first) and the verdict.
 #[derive(Debug, Clone)]
-pub struct Seen {
+pub(crate) struct Seen {
     /// Leaf first, then the intermediates, as presented.
-    pub chain: Vec<CertificateDer<'static>>,
+    pub(crate) chain: Vec<CertificateDer<'static>>,
     /// `Err(reason)` when the chain does not verify for the name against our roots.
-    pub verdict: Result<(), String>,
+    pub(crate) verdict: Result<(), String>,
 }
 
 /// A verifier that accepts every certificate but remembers the verdict of the real one.
 #[derive(Debug)]
-pub struct Capture {
+pub(crate) struct Capture {
     inner: Arc<WebPkiServerVerifier>,
     seen: Mutex<Option<Seen>>,
 }
 
 impl Capture {
     /// The chain and verdict of the last handshake, if one got that far.
-    pub fn take(&self) -> Option<Seen> {
+    pub(crate) fn take(&self) -> Option<Seen> {
         self.seen.lock().ok().and_then(|mut s| s.take())
     }
 }
@@ -161,7 +161,7 @@ impl ServerCertVerifier for Capture {
 /// Opens a byte stream to `host:port`: through the SOCKS5 proxy for overlay networks (or
 /// everything when `proxy_all`), else TCP to each of `addrs` in turn, or to the name through
 /// the system resolver when `addrs` is empty.
-pub async fn dial(
+pub(crate) async fn dial(
     host: &str,
     port: u16,
     network: Network,
@@ -204,7 +204,7 @@ pub async fn dial(
 }
 
 /// Runs a TLS client handshake over `stream` for `host` (a name or an IP literal).
-pub async fn tls_connect(
+pub(crate) async fn tls_connect(
     stream: Box<dyn Io>,
     host: &str,
     config: Arc<ClientConfig>,
@@ -218,7 +218,7 @@ pub async fn tls_connect(
 }
 
 /// Runs `fut` for at most `limit`, turning a timeout into an error naming `what`.
-pub async fn within<T>(
+pub(crate) async fn within<T>(
     limit: Duration,
     what: &str,
     fut: impl std::future::Future<Output = Result<T, String>>,
@@ -233,7 +233,7 @@ pub async fn within<T>(
 }
 
 /// Milliseconds of `d`, rounded up so that a probe that ran is never reported as 0 ms.
-pub fn millis_ceil(d: Duration) -> u32 {
+pub(crate) fn millis_ceil(d: Duration) -> u32 {
     let us = d.as_micros();
     u32::try_from(us.div_ceil(1000)).unwrap_or(u32::MAX).max(1)
 }

@@ -3,8 +3,8 @@
 //! strings where numbers belong, pubkeys that are not hex, fields long removed from the spec).
 
 use super::net::{self, Tls};
-use crate::connect::transport::{Io, TransportConfig};
 use crate::model::{Network, RelayUrl};
+use crate::relay::transport::{Io, TransportConfig};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::header::{self, HeaderMap};
@@ -23,31 +23,31 @@ const MAX_NOTE: usize = 512;
 
 /// How to fetch a document.
 #[derive(Debug, Clone)]
-pub struct FetchConfig {
+pub(crate) struct FetchConfig {
     /// Proxy and socket settings.
-    pub transport: TransportConfig,
+    pub(crate) transport: TransportConfig,
     /// TLS trust for https.
-    pub tls: Tls,
+    pub(crate) tls: Tls,
     /// Budget for the whole fetch, redirects included.
-    pub timeout: Duration,
+    pub(crate) timeout: Duration,
     /// Largest body accepted.
-    pub max_bytes: usize,
+    pub(crate) max_bytes: usize,
 }
 
 /// The outcome of a fetch: the document when one was obtained, and the HTTP facts (status,
 /// `Server`, `X-Powered-By`, size, and why no document was kept) for the check result.
 #[derive(Debug, Clone)]
-pub struct Fetched {
+pub(crate) struct Fetched {
     /// The document, a JSON object free of U+0000; `None` when none could be kept.
-    pub doc: Option<Value>,
+    pub(crate) doc: Option<Value>,
     /// HTTP facts: `status`, `server`, `x_powered_by`, `content_type`, `bytes`, `error`,
     /// `nip11_error`, `url` (the final URL after redirects).
-    pub http: Value,
+    pub(crate) http: Value,
 }
 
 /// Fetches the NIP-11 document of `relay`, connecting to `addrs` when given (see
 /// [`net::dial`]). Never fails: what went wrong is in [`Fetched::http`].
-pub async fn fetch(relay: &RelayUrl, addrs: &[IpAddr], cfg: &FetchConfig) -> Fetched {
+pub(crate) async fn fetch(relay: &RelayUrl, addrs: &[IpAddr], cfg: &FetchConfig) -> Fetched {
     let mut http = Map::new();
     let r = net::within(
         cfg.timeout,
@@ -100,7 +100,7 @@ async fn fetch_following(
 }
 
 /// The http(s) URL a relay serves its document at.
-pub fn http_url(relay: &RelayUrl) -> String {
+pub(crate) fn http_url(relay: &RelayUrl) -> String {
     let s = relay.as_str();
     if let Some(rest) = s.strip_prefix("wss://") {
         format!("https://{rest}")
@@ -258,7 +258,7 @@ pub fn parse_document(body: &[u8]) -> Result<Value, String> {
 }
 
 /// True when a string or key anywhere in `v` contains U+0000.
-pub fn has_nul(v: &Value) -> bool {
+pub(crate) fn has_nul(v: &Value) -> bool {
     match v {
         Value::String(s) => s.contains('\0'),
         Value::Array(a) => a.iter().any(has_nul),
@@ -268,7 +268,7 @@ pub fn has_nul(v: &Value) -> bool {
 }
 
 /// `s` cut to a bounded length, U+0000 replaced: safe to keep in a `jsonb` check result.
-pub fn note(s: &str) -> String {
+pub(crate) fn note(s: &str) -> String {
     let mut out: String = s.chars().take(MAX_NOTE).collect();
     if out.contains('\0') {
         out = out.replace('\0', "\u{fffd}");

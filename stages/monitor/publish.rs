@@ -3,9 +3,10 @@
 //! connection broke.
 
 use super::nip11::note;
-use super::nip66::SignedEvent;
-use crate::connect::transport::{self, TransportConfig, Ws};
 use crate::model::RelayUrl;
+use crate::model::SignedEvent;
+use crate::relay::transport::{self, TransportConfig, Ws};
+use crate::relay::OkReply;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::sync::Arc;
@@ -58,7 +59,7 @@ pub async fn run(
                 match transport::connect(&relay, &transport, timeout).await {
                     Ok(w) => ws = Some(w),
                     Err(e) => {
-                        outcome = Err(e);
+                        outcome = Err(e.to_string());
                         break;
                     }
                 }
@@ -91,7 +92,7 @@ pub async fn run(
 }
 
 /// Sends one event and waits for its `OK`: `(accepted, message)`.
-pub async fn send_one(
+pub(crate) async fn send_one(
     ws: &mut Ws,
     ev: &SignedEvent,
     timeout: Duration,
@@ -116,13 +117,8 @@ pub async fn send_one(
         let Ok(Value::Array(a)) = serde_json::from_str::<Value>(t.as_str()) else {
             continue;
         };
-        if a.first().and_then(Value::as_str) == Some("OK")
-            && a.get(1).and_then(Value::as_str) == Some(id.as_str())
-        {
-            return Ok((
-                a.get(2).and_then(Value::as_bool).unwrap_or(false),
-                a.get(3).and_then(Value::as_str).unwrap_or("").to_string(),
-            ));
+        if let Some(ok) = OkReply::from_json(&a).filter(|ok| ok.id == id) {
+            return Ok((ok.accepted, ok.message.to_string()));
         }
     }
     Err(format!("{MAX_FRAMES_PER_OK} frames without an OK"))

@@ -4,8 +4,8 @@
 
 use super::net::{self, Tls};
 use super::nip11::note;
-use crate::connect::transport::TransportConfig;
 use crate::model::RelayUrl;
+use crate::relay::transport::TransportConfig;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
@@ -16,7 +16,7 @@ use x509_parser::extensions::GeneralName;
 const MAX_SANS: usize = 64;
 
 /// Probes the TLS endpoint of `relay`; never fails: errors are in the JSON (`error`).
-pub async fn check(
+pub(crate) async fn check(
     relay: &RelayUrl,
     addrs: &[IpAddr],
     tls: &Tls,
@@ -75,7 +75,9 @@ async fn handshake(
 
 /// Subject, issuer, SANs, validity period (unix seconds), serial and SHA-256 fingerprint of
 /// the leaf, and the chain length. An unparseable leaf is reported as such.
-pub fn certificate_facts(chain: &[rustls::pki_types::CertificateDer<'_>]) -> Map<String, Value> {
+pub(crate) fn certificate_facts(
+    chain: &[rustls::pki_types::CertificateDer<'_>],
+) -> Map<String, Value> {
     let mut out = Map::new();
     out.insert("chain_length".into(), json!(chain.len()));
     let Some(leaf) = chain.first() else {

@@ -4,11 +4,11 @@
 //! stack) and bounded property runs over mutated valid documents, so it runs in CI. A parser
 //! may refuse anything; it must never panic, abort or recurse without a bound.
 
-use bigbrotr_stages::connect::message::{self, RelayMsg};
 use bigbrotr_stages::dvm::jobs::{Filter, Limits};
 use bigbrotr_stages::finder::sources::parse_list;
 use bigbrotr_stages::model::{Event, Reason};
 use bigbrotr_stages::monitor::nip11::{self, Nip11Info};
+use bigbrotr_stages::relay::message::{self, RelayMsg};
 use proptest::prelude::*;
 
 /// Every parser in turn over one input.

@@ -62,31 +62,59 @@ fn install_crypto() {
     });
 }
 
+/// Why a relay could not be opened; the text is what reports and logs show.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The URL names no host and port to dial.
+    #[error("no host/port")]
+    NoHostPort,
+    /// The SOCKS5 proxy refused or failed the connection.
+    #[error("socks5 {proxy}: {source}")]
+    Socks5 {
+        /// The proxy (`host:port`).
+        proxy: String,
+        /// What the proxy answered.
+        source: tokio_socks::Error,
+    },
+    /// An overlay address (Tor, I2P, Lokinet) and no proxy to reach it.
+    #[error("{0} needs a SOCKS5 proxy (net.socks5)")]
+    NeedsProxy(&'static str),
+    /// The TCP connection failed.
+    #[error("tcp: {0}")]
+    Tcp(std::io::Error),
+    /// TLS or the WebSocket handshake failed.
+    #[error("handshake: {0}")]
+    Handshake(Box<tokio_tungstenite::tungstenite::Error>),
+    /// The whole opening took longer than allowed.
+    #[error("connect timed out after {0:?}")]
+    TimedOut(Duration),
+}
+
 /// Opens a WebSocket to `url` within `timeout`.
 pub async fn connect(
     url: &RelayUrl,
     cfg: &TransportConfig,
     timeout: Duration,
-) -> Result<Ws, String> {
+) -> Result<Ws, TransportError> {
     install_crypto();
-    let (host, port) = url.host_port().ok_or_else(|| "no host/port".to_string())?;
+    let (host, port) = url.host_port().ok_or(TransportError::NoHostPort)?;
     let fut = async {
         let stream: Box<dyn Io> = match (&cfg.socks5, url.network().is_overlay() || cfg.proxy_all) {
             (Some(proxy), true) => Box::new(
                 tokio_socks::tcp::Socks5Stream::connect(proxy.as_str(), (host.as_str(), port))
                     .await
-                    .map_err(|e| format!("socks5 {proxy}: {e}"))?,
+                    .map_err(|source| TransportError::Socks5 {
+                        proxy: proxy.clone(),
+                        source,
+                    })?,
             ),
             (None, true) if url.network().is_overlay() => {
-                return Err(format!(
-                    "{} needs a SOCKS5 proxy (net.socks5)",
-                    url.network().as_str()
-                ))
+                return Err(TransportError::NeedsProxy(url.network().as_str()))
             }
             _ => {
                 let s = tokio::net::TcpStream::connect((host.as_str(), port))
                     .await
-                    .map_err(|e| format!("tcp: {e}"))?;
+                    .map_err(TransportError::Tcp)?;
                 let _ = s.set_nodelay(true);
                 Box::new(s)
             }
@@ -98,11 +126,11 @@ pub async fn connect(
             None,
         )
         .await
-        .map_err(|e| format!("handshake: {e}"))?;
+        .map_err(|e| TransportError::Handshake(Box::new(e)))?;
         Ok(ws)
     };
     match tokio::time::timeout(timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(format!("connect timed out after {timeout:?}")),
+        Err(_) => Err(TransportError::TimedOut(timeout)),
     }
 }

@@ -1,4 +1,5 @@
-//! Relay-to-client messages (NIP-01, NIP-42, NIP-45) read from a simd-json value.
+//! Relay-to-client messages (NIP-01, NIP-42, NIP-45, NIP-77) read from a simd-json value, and
+//! the `OK` reply for readers that hold a serde_json value.
 
 use crate::model::{json, EventRef, ParseError, Reason};
 use simd_json::BorrowedValue as Value;
@@ -32,7 +33,7 @@ pub enum RelayMsg<'a> {
     /// `["AUTH", challenge]`
     Auth(&'a str),
     /// `["OK", id, accepted, message]`
-    Ok(&'a str, bool, &'a str),
+    Ok(OkReply<'a>),
     /// `["COUNT", sub, {"count": n, "approximate": bool}]` (NIP-45): `None` when the count
     /// is missing or not a non-negative integer.
     Count(&'a str, Option<u64>, bool),
@@ -42,6 +43,37 @@ pub enum RelayMsg<'a> {
     NegErr(&'a str, &'a str),
     /// Anything else that is a JSON array starting with a string.
     Other(&'a str),
+}
+
+/// A relay's answer to an event we published: `["OK", id, accepted, message]` (NIP-01). A
+/// missing id or message reads as empty, anything but `true` as refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OkReply<'a> {
+    /// The event id, hex as the relay wrote it.
+    pub id: &'a str,
+    /// Whether the relay stored the event.
+    pub accepted: bool,
+    /// The relay's reason (`prefix: text`), empty when it gave none.
+    pub message: &'a str,
+}
+
+impl<'a> OkReply<'a> {
+    /// Reads an `OK` from a frame its reader parsed with serde_json (the monitor's probes and
+    /// publisher, the DVM, which keep the frame as a [`serde_json::Value`]); `None` for any
+    /// other message.
+    pub fn from_json(a: &'a [serde_json::Value]) -> Option<OkReply<'a>> {
+        if a.first()?.as_str()? != "OK" {
+            return None;
+        }
+        Some(OkReply {
+            id: a.get(1).and_then(serde_json::Value::as_str).unwrap_or(""),
+            accepted: a
+                .get(2)
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false),
+            message: a.get(3).and_then(serde_json::Value::as_str).unwrap_or(""),
+        })
+    }
 }
 
 fn s<'a>(v: Option<&'a Value<'a>>) -> Option<&'a str> {
@@ -67,14 +99,14 @@ pub fn parse<'a>(v: &'a Value<'a>) -> Option<RelayMsg<'a>> {
         "CLOSED" => RelayMsg::Closed(s(a.get(1))?, s(a.get(2)).unwrap_or("")),
         "NOTICE" => RelayMsg::Notice(s(a.get(1)).unwrap_or("")),
         "AUTH" => RelayMsg::Auth(s(a.get(1)).unwrap_or("")),
-        "OK" => RelayMsg::Ok(
-            s(a.get(1)).unwrap_or(""),
-            matches!(
+        "OK" => RelayMsg::Ok(OkReply {
+            id: s(a.get(1)).unwrap_or(""),
+            accepted: matches!(
                 a.get(2),
                 Some(Value::Static(simd_json::StaticNode::Bool(true)))
             ),
-            s(a.get(3)).unwrap_or(""),
-        ),
+            message: s(a.get(3)).unwrap_or(""),
+        }),
         "COUNT" => {
             let sub = s(a.get(1))?;
             let (mut n, mut approximate) = (None, false);
