@@ -1,5 +1,12 @@
 //! bigbrotr engine: CLI support, configuration, pipeline wiring and supervision, database
 //! pool and migrations, the embedded PostgreSQL, and the test/bench relay.
+//!
+//! The run, top down (no module imports one above it): the binary (`main.rs` parses,
+//! `cli/` holds one file per subcommand family) → [`service`] (the topology of a long-running
+//! sync: every channel and task, one start and shutdown order) → [`registry`] (the relay set
+//! and its connector supervisor), [`finder`], [`monitor`], [`analytics`], [`dvm`], [`http`] →
+//! [`pipeline`] (verify → dedupe → batch → sink, and the connectors feeding it; also used by
+//! the one-shot [`sync`]) → [`faults`] (named stage tasks whose failure stops the run).
 
 pub mod analytics;
 pub mod backup;
@@ -8,6 +15,7 @@ pub mod config;
 pub mod db;
 pub mod dvm;
 pub mod embedded_pg;
+pub mod faults;
 pub mod filter_sql;
 pub mod finder;
 pub mod gen;
@@ -15,6 +23,7 @@ pub mod http;
 pub mod monitor;
 pub mod pipeline;
 pub mod registry;
+pub mod service;
 pub mod state;
 pub mod sync;
 pub mod tag_backfill;
