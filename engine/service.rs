@@ -52,7 +52,8 @@ use crate::http::Http;
 use crate::pipeline::Pipeline;
 use crate::registry::{LimitsSource, MonitorLimits, Supervisor};
 use crate::state::EngineState;
-use bigbrotr_stages::model::RelayUrl;
+use bigbrotr_stages::model::{CursorState, RelayUrl};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -93,27 +94,6 @@ impl Parts {
     }
 }
 
-/// The side stages of a run, started before the pipeline and stopped after it.
-struct Side {
-    monitor: Option<JoinHandle<()>>,
-    analytics: Option<JoinHandle<()>>,
-    dvm: Option<crate::dvm::RunningDvm>,
-}
-
-impl Side {
-    async fn stop(self) {
-        if let Some(m) = self.monitor {
-            let _ = m.await;
-        }
-        if let Some(a) = self.analytics {
-            let _ = a.await;
-        }
-        if let Some(d) = self.dvm {
-            d.stop().await;
-        }
-    }
-}
-
 /// A side stage: its error is logged (`what`) and the sync goes on; its panic stops the run.
 fn spawn_side<F>(faults: &Faults, name: &'static str, what: &'static str, task: F) -> JoinHandle<()>
 where
@@ -135,113 +115,183 @@ pub async fn run(
     stop: watch::Receiver<bool>,
     on_start: impl FnOnce(Arc<EngineState>),
 ) -> anyhow::Result<()> {
-    let faults = Faults::default();
-    // One signal for every task: the caller's stop, or the first stage failure.
-    let (halt_tx, halt) = watch::channel(false);
-    let halter = {
-        let (faults, mut stop) = (faults.clone(), stop);
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => {}
-                _ = faults.wait() => {}
-            }
-            let _ = halt_tx.send(true);
-        })
-    };
-
-    let monitor = parts.monitor.then(|| {
-        let (cfg, pool, halt) = (cfg.clone(), pool.clone(), halt.clone());
-        spawn_side(&faults, "monitor", "monitor stopped", async move {
-            crate::monitor::run_forever(&cfg, &pool, halt).await
-        })
-    });
-    let analytics = parts.analytics.then(|| {
-        let (cfg, pool, halt) = (cfg.clone(), pool.clone(), halt.clone());
-        spawn_side(
-            &faults,
-            "analytics",
-            "analytics refresher stopped",
-            async move { crate::analytics::run_forever(&cfg, &pool, halt).await },
-        )
-    });
-    let finder_on = parts.explicit.is_empty() && cfg.finder.enabled;
-    let started = async {
-        let dvm = match &parts.dvm {
-            Some(url) => Some(crate::dvm::start(cfg, url).await?),
-            None => None,
-        };
-        let cursors = crate::sync::load_cursors(&pool).await?;
-        if finder_on {
-            crate::finder::ensure_schema(&pool).await?;
-        }
-        anyhow::Ok((dvm, cursors))
-    };
-    let (dvm, cursors) = match started.await {
-        Ok(v) => v,
-        Err(e) => {
-            // Closing the halt signal stops the monitor and the refresher started above.
-            halter.abort();
-            return Err(e);
-        }
-    };
-    let side = Side {
-        monitor,
-        analytics,
-        dvm,
-    };
-    let (hints_tx, hints_rx) = if finder_on {
-        let (t, r) = flume::bounded(cfg.finder.hints_channel.max(1));
-        (Some(t), Some(r))
-    } else {
-        (None, None)
-    };
-    let pipeline = Pipeline::start_with_hints(cfg, pool.clone(), hints_tx, faults.clone());
-    let state = Arc::new(EngineState::new(pipeline.stats.clone()));
-    state.ready.store(true, Relaxed);
-    if let Some(h) = parts.http {
-        // Dropping the handle detaches the server: it serves until the process exits,
-        // answering /ready with 503 while the pipeline drains.
-        drop(h.spawn(state.clone()));
-    }
-    on_start(state.clone());
-
-    let (finder_stop, finder_stop_rx) = watch::channel(false);
-    let (found_tx, found_rx) = if finder_on {
-        let (t, r) = flume::bounded(FOUND_CHANNEL);
-        (Some(t), Some(r))
-    } else {
-        (None, None)
-    };
-    let finder = finder_on.then(|| {
-        let f = crate::finder::new(cfg, pool.clone(), found_tx);
-        faults.spawn("finder", f.run(hints_rx, finder_stop_rx))
-    });
-
+    let (limits, explicit) = (parts.limits.clone(), parts.explicit.clone());
+    let mut service = Service::start(cfg, &pool, parts, stop, on_start).await?;
+    let found = service.found.take();
+    // The supervisor borrows the pipeline's inlet, so it runs here rather than as a task.
     let mut supervisor = Supervisor::new(
         cfg,
-        pool.clone(),
-        &pipeline,
-        state.clone(),
-        cursors,
-        parts.limits,
-        parts.explicit,
+        pool,
+        &service.pipeline,
+        service.state.clone(),
+        std::mem::take(&mut service.cursors),
+        limits,
+        explicit,
     );
-    supervisor.run(found_rx, halt.clone()).await;
-
-    state.ready.store(false, Relaxed);
-    let _ = finder_stop.send(true);
+    supervisor.run(found, service.halt.clone()).await;
+    service.stop_intake();
     supervisor.shutdown().await;
     drop(supervisor);
-    if let Some(f) = finder {
-        let _ = f.await;
+    service.drain().await
+}
+
+/// Every task and channel of a running service, by name. The supervisor and its connectors,
+/// which borrow the pipeline, run in [`run`] between [`Service::start`] and
+/// [`Service::drain`].
+struct Service {
+    /// The first stage failure.
+    faults: Faults,
+    /// Turns true on the caller's stop or the first failure; every task watches it.
+    halt: watch::Receiver<bool>,
+    /// Forwards the caller's stop and the first failure to `halt`.
+    halter: JoinHandle<()>,
+    /// The monitor: its checks reach the supervisor as relay limits, through the database.
+    monitor: Option<JoinHandle<()>>,
+    /// The analytics refresher: summary tables and orphan cleanup.
+    analytics: Option<JoinHandle<()>>,
+    /// The DVM: its relay connections and jobs.
+    dvm: Option<crate::dvm::RunningDvm>,
+    /// Persisted relay cursors, handed to the supervisor.
+    cursors: HashMap<String, CursorState>,
+    /// Verify pool, dedupe, batch and sink; the connectors' inlet and the cursor channel.
+    pipeline: Pipeline,
+    /// What the HTTP endpoint and other observers read.
+    state: Arc<EngineState>,
+    /// The finder, when the whole registry is synced.
+    finder: Option<JoinHandle<()>>,
+    /// Stops the finder before the connectors, so no new relay arrives while they stop.
+    finder_stop: watch::Sender<bool>,
+    /// finder → supervisor: validated relays to start connectors for.
+    found: Option<flume::Receiver<RelayUrl>>,
+}
+
+impl Service {
+    /// Starts everything but the supervisor, in the start order of the module doc.
+    async fn start(
+        cfg: &Config,
+        pool: &Pool,
+        parts: Parts,
+        stop: watch::Receiver<bool>,
+        on_start: impl FnOnce(Arc<EngineState>),
+    ) -> anyhow::Result<Service> {
+        let faults = Faults::default();
+        // One signal for every task: the caller's stop, or the first stage failure.
+        let (halt_tx, halt) = watch::channel(false);
+        let halter = {
+            let (faults, mut stop) = (faults.clone(), stop);
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => {}
+                    _ = faults.wait() => {}
+                }
+                let _ = halt_tx.send(true);
+            })
+        };
+        let monitor = parts.monitor.then(|| {
+            let (cfg, pool, halt) = (cfg.clone(), pool.clone(), halt.clone());
+            spawn_side(&faults, "monitor", "monitor stopped", async move {
+                crate::monitor::run_forever(&cfg, &pool, halt).await
+            })
+        });
+        let analytics = parts.analytics.then(|| {
+            let (cfg, pool, halt) = (cfg.clone(), pool.clone(), halt.clone());
+            spawn_side(
+                &faults,
+                "analytics",
+                "analytics refresher stopped",
+                async move { crate::analytics::run_forever(&cfg, &pool, halt).await },
+            )
+        });
+        let finder_on = parts.explicit.is_empty() && cfg.finder.enabled;
+        let started = async {
+            let dvm = match &parts.dvm {
+                Some(url) => Some(crate::dvm::start(cfg, url).await?),
+                None => None,
+            };
+            let cursors = crate::sync::load_cursors(pool).await?;
+            if finder_on {
+                crate::finder::ensure_schema(pool).await?;
+            }
+            anyhow::Ok((dvm, cursors))
+        };
+        let (dvm, cursors) = match started.await {
+            Ok(v) => v,
+            Err(e) => {
+                // Closing the halt signal stops the monitor and the refresher started above.
+                halter.abort();
+                return Err(e);
+            }
+        };
+
+        let (hints_tx, hints_rx) = if finder_on {
+            let (t, r) = flume::bounded(cfg.finder.hints_channel.max(1));
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        let pipeline = Pipeline::start_with_hints(cfg, pool.clone(), hints_tx, faults.clone());
+        let state = Arc::new(EngineState::new(pipeline.stats.clone()));
+        state.ready.store(true, Relaxed);
+        if let Some(h) = parts.http {
+            // Dropping the handle detaches the server: it serves until the process exits,
+            // answering /ready with 503 while the pipeline drains.
+            drop(h.spawn(state.clone()));
+        }
+        on_start(state.clone());
+
+        let (finder_stop, finder_stop_rx) = watch::channel(false);
+        let (found_tx, found) = if finder_on {
+            let (t, r) = flume::bounded(FOUND_CHANNEL);
+            (Some(t), Some(r))
+        } else {
+            (None, None)
+        };
+        let finder = finder_on.then(|| {
+            let f = crate::finder::new(cfg, pool.clone(), found_tx);
+            faults.spawn("finder", f.run(hints_rx, finder_stop_rx))
+        });
+        Ok(Service {
+            faults,
+            halt,
+            halter,
+            monitor,
+            analytics,
+            dvm,
+            cursors,
+            pipeline,
+            state,
+            finder,
+            finder_stop,
+            found,
+        })
     }
-    pipeline.stop();
-    let drained = pipeline.finish().await;
-    side.stop().await;
-    halter.abort();
-    drained?;
-    match faults.first() {
-        Some(what) => Err(anyhow::anyhow!(what)),
-        None => Ok(()),
+
+    /// First steps of the shutdown, before the connectors stop: not ready, finder stopping.
+    fn stop_intake(&self) {
+        self.state.ready.store(false, Relaxed);
+        let _ = self.finder_stop.send(true);
+    }
+
+    /// The rest of the shutdown, once the connectors have stopped: the finder, the pipeline
+    /// (front to back), the side stages; then the first stage failure, if any.
+    async fn drain(self) -> anyhow::Result<()> {
+        if let Some(f) = self.finder {
+            let _ = f.await;
+        }
+        self.pipeline.stop();
+        let drained = self.pipeline.finish().await;
+        // They saw `halt` with the connectors.
+        for side in [self.monitor, self.analytics].into_iter().flatten() {
+            let _ = side.await;
+        }
+        if let Some(d) = self.dvm {
+            d.stop().await;
+        }
+        self.halter.abort();
+        drained?;
+        match self.faults.first() {
+            Some(what) => Err(anyhow::anyhow!(what)),
+            None => Ok(()),
+        }
     }
 }
