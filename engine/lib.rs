@@ -1,7 +1,7 @@
 //! bigbrotr engine: CLI support, configuration, pipeline wiring and supervision, database
 //! pool and migrations, the embedded PostgreSQL, and the test/bench relay.
 //!
-//! The run, top down (no module imports one above it): the binary (`main.rs` parses,
+//! The run, top down (imports point down or sideways, never up; no cycles): the binary (`main.rs` parses,
 //! `cli/` holds one file per subcommand family) → [`service`] (the topology of a long-running
 //! sync: every channel and task, one start and shutdown order) → [`registry`] (the relay set
 //! and its connector supervisor), [`finder`], [`monitor`], [`analytics`], [`dvm`], [`http`] →

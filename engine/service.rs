@@ -33,7 +33,7 @@
 //!
 //! Start order: the monitor and the analytics refresher (they only read and write the
 //! archive), the DVM (a bad `[dvm]` fails the start), the cursors and the finder's table, the
-//! pipeline (sink, batch, dedupe, verify threads), the engine state (ready; the HTTP endpoint,
+//! pipeline (verify threads, dedupe, batch, sink), the engine state (ready; the HTTP endpoint,
 //! bound by the caller, starts serving it), the finder, and last the supervisor, which runs on
 //! the calling task and starts the connectors.
 //!
