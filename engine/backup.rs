@@ -420,9 +420,6 @@ fn partial_path(out: &Path) -> Result<PathBuf> {
     Ok(out.with_file_name(partial))
 }
 
-/// Kept for `config check` until the CLI calls [`conninfo::render_masked`] itself.
-pub use crate::conninfo::render_masked as mask_url;
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -65,6 +65,11 @@ pub fn finder_config(cfg: &Config) -> FinderConfig {
     }
 }
 
+/// The long-running finder from the configuration; validated relays are announced on `found`.
+pub fn new(cfg: &Config, pool: Pool, found: Option<flume::Sender<RelayUrl>>) -> Finder {
+    Finder::new(finder_config(cfg), pool, found)
+}
+
 /// Starts the long-running finder: hint intake from `hints`, sources on their cooldowns,
 /// the archive catch-up, and the validator; validated relays are announced on `found`.
 pub fn spawn(
@@ -74,7 +79,7 @@ pub fn spawn(
     found: Option<flume::Sender<RelayUrl>>,
     stop: watch::Receiver<bool>,
 ) -> (JoinHandle<()>, Arc<FinderStats>) {
-    let finder = Finder::new(finder_config(cfg), pool, found);
+    let finder = new(cfg, pool, found);
     let stats = finder.stats.clone();
     (tokio::spawn(finder.run(hints, stop)), stats)
 }

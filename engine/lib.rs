@@ -1,7 +1,14 @@
 //! bigbrotr engine: CLI support, configuration, pipeline wiring and supervision, database
 //! pool and migrations. The embedded PostgreSQL lives in `bigbrotr-pgcluster` (re-exported as
-//! [`embedded_pg`]); the test relay, the event generator and the shared test cluster live in
-//! `bigbrotr-testkit`, which `bigbrotr bench`, `testrelay` and `gen` use.
+//! [`embedded_pg`], with [`conninfo`]); the test relay, the event generator and the shared test
+//! cluster live in `bigbrotr-testkit`, which `bigbrotr bench`, `testrelay` and `gen` use.
+//!
+//! The run, top down (imports point down or sideways, never up; no cycles): the binary (`main.rs` parses,
+//! `cli/` holds one file per subcommand family) → [`service`] (the topology of a long-running
+//! sync: every channel and task, one start and shutdown order) → [`registry`] (the relay set
+//! and its connector supervisor), [`finder`], [`monitor`], [`analytics`], [`dvm`], [`http`] →
+//! [`pipeline`] (verify → dedupe → batch → sink, and the connectors feeding it; also used by
+//! the one-shot [`sync`]) → [`faults`] (named stage tasks whose failure stops the run).
 
 pub mod analytics;
 pub mod backup;
@@ -10,12 +17,14 @@ pub mod config;
 pub use bigbrotr_pgcluster::conninfo;
 pub mod db;
 pub mod dvm;
+pub mod faults;
 pub mod filter_sql;
 pub mod finder;
 pub mod http;
 pub mod monitor;
 pub mod pipeline;
 pub mod registry;
+pub mod service;
 pub mod state;
 pub mod sync;
 pub mod tag_backfill;

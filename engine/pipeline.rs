@@ -1,4 +1,6 @@
-//! The pipeline, wired in one place:
+//! The data path of a sync, wired in one place: verify → dedupe → batch → sink, and the
+//! connectors that feed it. [`crate::service`] composes it with the supervisor, the finder and
+//! the side stages into the topology of a whole run (its module doc draws all of it).
 //!
 //! ```text
 //! connect ×N ──RawEvent──► verify pool ──Verified──► dedupe ──Item──► batch ──Batch──► sink
@@ -12,10 +14,12 @@
 //! block, and the connectors stop reading their sockets. The hints channel is the exception
 //! that never pushes back: dedupe drops (and counts) a hint when the finder is behind. Shutdown runs front to back: the
 //! connectors stop, each stage drains its input and closes its output, the sink commits the
-//! last batch and persists the cursors.
+//! last batch and persists the cursors. Every stage runs under its name through
+//! [`Faults`]: one that panics or fails makes [`Pipeline::finish`] return an error naming it.
 
 use crate::config::Config;
 use crate::db::Pool;
+use crate::faults::Faults;
 use bigbrotr_stages::connect::{Archive, Connector, SyncConfig};
 use bigbrotr_stages::dedupe::{Dedupe, DedupeStats};
 use bigbrotr_stages::model::{RawEvent, Relay, CHUNK};
@@ -23,7 +27,7 @@ use bigbrotr_stages::sink::SinkStats;
 use bigbrotr_stages::verify::VerifyStats;
 use bigbrotr_stages::{batch, sink, verify};
 use std::sync::Arc;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 /// Counters of every stage, for progress lines, reports and metrics.
@@ -47,8 +51,11 @@ pub struct Pipeline {
     archive: Arc<Archive>,
     cursor_tx: flume::Sender<Relay>,
     stop_tx: watch::Sender<bool>,
-    verify_threads: Vec<std::thread::JoinHandle<()>>,
+    /// Completes when each verify thread has ended.
+    verify_done: Vec<oneshot::Receiver<()>>,
+    /// Dedupe, batch and sink, in pipeline order.
     tasks: Vec<JoinHandle<()>>,
+    faults: Faults,
     /// Stage counters.
     pub stats: Stats,
 }
@@ -56,15 +63,16 @@ pub struct Pipeline {
 impl Pipeline {
     /// Starts verify, dedupe, batch and sink; connectors are added with [`Pipeline::connector`].
     pub fn start(cfg: &Config, pool: Pool) -> Pipeline {
-        Self::start_with_hints(cfg, pool, None)
+        Self::start_with_hints(cfg, pool, None, Faults::default())
     }
 
     /// Like [`Pipeline::start`]; dedupe also sends the relay URLs named by new events on
-    /// `hints` (for the finder).
+    /// `hints` (for the finder), and the stages report their failures to `faults`.
     pub fn start_with_hints(
         cfg: &Config,
         pool: Pool,
         hints: Option<flume::Sender<String>>,
+        faults: Faults,
     ) -> Pipeline {
         let p = &cfg.pipeline;
         // Events move in chunks of up to CHUNK: the bounds are configured in events.
@@ -91,16 +99,24 @@ impl Pipeline {
         let sink_stats = Arc::new(SinkStats::default());
 
         let archive = Archive::new(pool.clone());
+        let verify_done = pool_v
+            .threads
+            .into_iter()
+            .map(|t| faults.watch_thread("verify", t))
+            .collect();
         let tasks = vec![
-            tokio::spawn(dedupe.run(verified_rx.clone(), item_tx)),
-            tokio::spawn(batch::run(cfg.batch(), item_rx.clone(), batch_tx)),
-            tokio::spawn(sink::run(
-                pool,
-                batch_rx.clone(),
-                cursor_rx,
-                sink_stats.clone(),
-                p.sink_writers,
-            )),
+            faults.spawn("dedupe", dedupe.run(verified_rx.clone(), item_tx)),
+            faults.spawn("batch", batch::run(cfg.batch(), item_rx.clone(), batch_tx)),
+            faults.spawn(
+                "sink",
+                sink::run(
+                    pool,
+                    batch_rx.clone(),
+                    cursor_rx,
+                    sink_stats.clone(),
+                    p.sink_writers,
+                ),
+            ),
         ];
 
         let caps = (
@@ -122,8 +138,9 @@ impl Pipeline {
             archive,
             cursor_tx,
             stop_tx,
-            verify_threads: pool_v.threads,
+            verify_done,
             tasks,
+            faults,
             stats: Stats {
                 verify: pool_v.stats,
                 dedupe: dedupe_stats,
@@ -178,20 +195,95 @@ impl Pipeline {
         self.stop_tx.subscribe()
     }
 
+    /// Where the stages report their failures.
+    pub fn faults(&self) -> &Faults {
+        &self.faults
+    }
+
     /// Drains every stage and waits for the sink's last commit. Call after the connectors
-    /// have returned.
-    pub async fn finish(self) {
-        drop(self.raw_tx);
-        drop(self.cursor_tx);
-        let threads = self.verify_threads;
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
+    /// have returned. A stage that panicked or failed (now or earlier) makes this return an
+    /// error naming it, without waiting for stages stuck behind it.
+    pub async fn finish(self) -> anyhow::Result<()> {
+        let Pipeline {
+            raw_tx,
+            cursor_tx,
+            verify_done,
+            tasks,
+            faults,
+            ..
+        } = self;
+        drop(raw_tx);
+        drop(cursor_tx);
+        let aborts: Vec<_> = tasks.iter().map(|t| t.abort_handle()).collect();
+        let drained = async move {
+            for done in verify_done {
+                let _ = done.await;
             }
-        })
-        .await;
-        for t in self.tasks {
-            let _ = t.await;
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        tokio::select! {
+            () = drained => {}
+            _ = faults.wait() => {
+                // A dead stage leaves the ones before it blocked on a full channel.
+                for a in aborts {
+                    a.abort();
+                }
+            }
         }
+        match faults.first() {
+            Some(what) => Err(anyhow::anyhow!(what)),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool that never connects: these pipelines see no event, so the sink never asks.
+    fn idle_pool() -> Pool {
+        let manager = bb8_postgres::PostgresConnectionManager::new(
+            tokio_postgres::Config::new(),
+            tokio_postgres::NoTls,
+        );
+        bb8::Pool::builder().build_unchecked(manager)
+    }
+
+    #[tokio::test]
+    async fn an_idle_pipeline_drains_cleanly() {
+        let p = Pipeline::start(&Config::default(), idle_pool());
+        p.finish().await.expect("clean drain");
+    }
+
+    #[tokio::test]
+    async fn a_stage_that_panics_fails_the_drain_naming_it() {
+        let mut p = Pipeline::start(&Config::default(), idle_pool());
+        // Stands in for the sink dying mid-run; the stages before it keep running.
+        let dead = p
+            .faults
+            .spawn("sink", crate::faults::tests::boom("disk on fire"));
+        p.tasks.push(dead);
+        let err = p.finish().await.expect_err("a panicked stage is an error");
+        assert_eq!(err.to_string(), "sink stage panicked: disk on fire");
+    }
+
+    #[tokio::test]
+    async fn a_stage_that_fails_fails_the_drain_naming_it() {
+        let mut p = Pipeline::start(&Config::default(), idle_pool());
+        // A stage that never ends: the drain must not wait for it once another has failed.
+        let stuck = p.faults.spawn("batch", std::future::pending::<()>());
+        let failed = p
+            .faults
+            .spawn("dedupe", async { Err::<(), _>("output closed") });
+        p.tasks.insert(0, stuck);
+        p.tasks.push(failed);
+        let err = tokio::time::timeout(std::time::Duration::from_secs(10), p.finish())
+            .await
+            .expect("the drain stops at the failure")
+            .expect_err("a failed stage is an error");
+        assert_eq!(err.to_string(), "dedupe stage failed: output closed");
     }
 }

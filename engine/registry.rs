@@ -1,4 +1,5 @@
-//! The relay registry and the connector supervisor that follows it.
+//! The relay registry and the connector supervisor that follows it (started by
+//! [`crate::service`]).
 //!
 //! The registry is the `relays` table plus a live in-memory set: one entry per relay with its
 //! context (counters, cursor progress), the limits the monitor last reported, and whether a
@@ -121,9 +122,6 @@ pub fn pause_for(cfg: &Config, failures: u32) -> Duration {
     base.saturating_mul(1u32 << failures.clamp(1, 20).saturating_sub(1))
         .min(max)
 }
-
-/// Validated relays announced by the finder, buffered for the supervisor.
-const FOUND_CHANNEL: usize = 1024;
 
 /// What to do when a connector the supervisor stopped returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -499,65 +497,4 @@ impl<'p> Supervisor<'p> {
             r.clear();
         }
     }
-}
-
-/// Keeps the registry's relays (or only `explicit` ones) synced until `stop`, with the finder
-/// running when `explicit` is empty and `finder.enabled`; relay limits come from `limits`.
-/// `on_start` receives the shared engine state once the pipeline runs.
-pub async fn run(
-    cfg: &Config,
-    pool: Pool,
-    explicit: Vec<RelayUrl>,
-    stop: watch::Receiver<bool>,
-    on_start: impl FnOnce(Arc<EngineState>),
-    limits: Arc<dyn LimitsSource>,
-) -> anyhow::Result<()> {
-    let cursors = crate::sync::load_cursors(&pool).await?;
-    let finder_on = explicit.is_empty() && cfg.finder.enabled;
-    if finder_on {
-        crate::finder::ensure_schema(&pool).await?;
-    }
-    let (hints_tx, hints_rx) = if finder_on {
-        let (t, r) = flume::bounded(cfg.finder.hints_channel.max(1));
-        (Some(t), Some(r))
-    } else {
-        (None, None)
-    };
-    let pipeline = Pipeline::start_with_hints(cfg, pool.clone(), hints_tx);
-    let state = Arc::new(EngineState::new(pipeline.stats.clone()));
-    state.ready.store(true, Relaxed);
-    on_start(state.clone());
-
-    let (finder_stop, finder_stop_rx) = watch::channel(false);
-    let mut found_rx = None;
-    let finder_task = if finder_on {
-        let (found_tx, rx) = flume::bounded(FOUND_CHANNEL);
-        found_rx = Some(rx);
-        let (handle, _stats) =
-            crate::finder::spawn(cfg, pool.clone(), hints_rx, Some(found_tx), finder_stop_rx);
-        Some(handle)
-    } else {
-        None
-    };
-
-    let mut sup = Supervisor::new(
-        cfg,
-        pool.clone(),
-        &pipeline,
-        state.clone(),
-        cursors,
-        limits,
-        explicit,
-    );
-    sup.run(found_rx, stop).await;
-    state.ready.store(false, Relaxed);
-    let _ = finder_stop.send(true);
-    sup.shutdown().await;
-    drop(sup);
-    if let Some(h) = finder_task {
-        let _ = h.await;
-    }
-    pipeline.stop();
-    pipeline.finish().await;
-    Ok(())
 }

@@ -1,10 +1,9 @@
-//! Running connectors: a one-shot pass over a set of relays (`sync --once`), and the
-//! long-running supervisor that keeps every relay of the registry synced (`sync`, `run`).
+//! A one-shot pass over a set of relays (`sync --once`), the persisted relay cursors, and the
+//! process's signal handling and exit hooks. The long-running sync is [`crate::service`].
 
 use crate::config::Config;
 use crate::db::Pool;
 use crate::pipeline::Pipeline;
-use crate::state::EngineState;
 use bigbrotr_stages::connect::{GiveUpReason, Outcome};
 use bigbrotr_stages::model::{CursorState, Fallback, Relay, RelayCtx, RelayUrl};
 use bigbrotr_stages::sink::CURSOR_SERVICE;
@@ -399,13 +398,14 @@ pub async fn sync_once(
         outcomes.push(h.await.unwrap_or(Outcome::GaveUp(GiveUpReason::Panicked)));
     }
     let stats = pipeline.stats.clone();
-    pipeline.finish().await;
+    let drained = pipeline.finish().await;
     if let Some(p) = printer {
         p.abort();
         if std::io::stderr().is_terminal() {
             eprintln!();
         }
     }
+    drained?;
     Ok(SyncReport {
         relays: ctxs
             .iter()
@@ -425,27 +425,4 @@ pub async fn sync_once(
         batches: stats.sink.batches.load(Relaxed),
         elapsed: start.elapsed(),
     })
-}
-
-/// Keeps every relay synced until `stop`: the registry's live relay set (or only `explicit`
-/// relays) drives the connectors (backfill, then live); relays found and validated by the
-/// finder, which runs when `explicit` is empty, are started without a restart, failing relays
-/// are paused with backoff, and the monitor's limits stop, pause and retune connectors (see
-/// [`crate::registry`]).
-pub async fn run_forever(
-    cfg: &Config,
-    pool: Pool,
-    explicit: Vec<RelayUrl>,
-    stop: tokio::sync::watch::Receiver<bool>,
-    on_start: impl FnOnce(Arc<EngineState>),
-) -> anyhow::Result<()> {
-    crate::registry::run(
-        cfg,
-        pool,
-        explicit,
-        stop,
-        on_start,
-        Arc::new(crate::registry::MonitorLimits),
-    )
-    .await
 }

@@ -10,10 +10,11 @@ mod common;
 use bigbrotr::config::{Config, FinderHttp};
 use bigbrotr::db::Pool;
 use bigbrotr::registry::{LimitsFuture, LimitsSource, RelayLimits};
+use bigbrotr::service::{self, Parts};
 use bigbrotr::stages::finder::hints::{extract_vec, may_carry_hints};
 use bigbrotr::stages::finder::sources::{fetch, http_client, parse_list, HttpSource, ListError};
 use bigbrotr::state::EngineState;
-use bigbrotr::sync::{run_forever, sync_once, SyncOptions};
+use bigbrotr::sync::{sync_once, SyncOptions};
 use bigbrotr_testkit::gen::{generate, sign, GenEvent, GenSpec};
 use bigbrotr_testkit::relay::{Behavior, TestRelay};
 use common::*;
@@ -272,7 +273,7 @@ async fn candidate(pool: &Pool, url: &str) -> Option<(i32, bool)> {
 
 type Running = Arc<Mutex<Option<Arc<EngineState>>>>;
 
-/// Starts `sync::run_forever` over the registry in the background.
+/// Starts `service::run` over the registry in the background.
 fn start_run_forever(
     cfg: Config,
     pool: Pool,
@@ -285,7 +286,7 @@ fn start_run_forever(
     let state: Running = Arc::new(Mutex::new(None));
     let s = state.clone();
     let h = tokio::spawn(async move {
-        run_forever(&cfg, pool, Vec::new(), stop_rx, move |st| {
+        service::run(&cfg, pool, Parts::sync(Vec::new()), stop_rx, move |st| {
             *s.lock().expect("lock") = Some(st);
         })
         .await
@@ -663,16 +664,13 @@ async fn monitor_limits_retune_pause_and_resume_connectors() {
     let c2 = cfg.clone();
     let p2 = pool.clone();
     let h = tokio::spawn(async move {
-        bigbrotr::registry::run(
-            &c2,
-            p2,
-            Vec::new(),
-            stop_rx,
-            move |st| {
-                *s.lock().expect("lock") = Some(st);
-            },
-            src,
-        )
+        let parts = Parts {
+            limits: src,
+            ..Parts::sync(Vec::new())
+        };
+        service::run(&c2, p2, parts, stop_rx, move |st| {
+            *s.lock().expect("lock") = Some(st);
+        })
         .await
     });
 

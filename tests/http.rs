@@ -78,7 +78,7 @@ fn corpus() -> Vec<GenEvent> {
 async fn idle_state(pool: &Pool, db: &str) -> Arc<EngineState> {
     let pipeline = Pipeline::start(&config(db), pool.clone());
     let stats = pipeline.stats.clone();
-    pipeline.finish().await;
+    pipeline.finish().await.expect("drain");
     let state = Arc::new(EngineState::new(stats));
     state.ready.store(true, Relaxed);
     state
@@ -128,7 +128,7 @@ async fn sync_into_state(
         matches!(outcome, bigbrotr::stages::connect::Outcome::Synced),
         "{outcome:?}"
     );
-    pipeline.finish().await;
+    pipeline.finish().await.expect("drain");
     state.ready.store(true, Relaxed);
     (state, ctx)
 }

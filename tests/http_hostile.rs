@@ -65,7 +65,7 @@ fn big_event(key: &secp256k1::Keypair, created_at: i64, len: usize, n: usize) ->
 async fn idle_state(pool: &Pool, db: &str) -> Arc<EngineState> {
     let pipeline = Pipeline::start(&config(db), pool.clone());
     let stats = pipeline.stats.clone();
-    pipeline.finish().await;
+    pipeline.finish().await.expect("drain");
     let state = Arc::new(EngineState::new(stats));
     state.ready.store(true, Relaxed);
     state

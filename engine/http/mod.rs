@@ -281,15 +281,3 @@ pub async fn reader_pool(http: &config::Http, archive_url: &str) -> anyhow::Resu
         .await
         .with_context(|| format!("HTTP API: cannot open a connection pool as {who}"))
 }
-
-/// The `on_start` callback of `sync::run_forever`: serves `http` (if configured) with the
-/// engine's state for the rest of the process.
-pub fn serve_on_start(http: Option<Http>) -> impl FnOnce(Arc<EngineState>) {
-    move |state| {
-        if let Some(h) = http {
-            // Dropping the handle detaches the server: it serves until the process exits,
-            // answering /ready with 503 while the pipeline drains.
-            drop(h.spawn(state));
-        }
-    }
-}
