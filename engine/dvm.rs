@@ -9,6 +9,7 @@
 
 use crate::config::{secs, Config};
 use crate::db::Pool;
+use crate::faults::Faults;
 use crate::filter_sql::{
     push, refs, stored_tags_and_content, tag_index_ready, Conditions, FilterSql, SqlParams,
     StoredError,
@@ -373,6 +374,16 @@ impl RunningDvm {
 /// Starts the DVM over the archive at `archive_url`: checks `[dvm]`, opens the read-only
 /// pool, connects to `dvm.relays`.
 pub async fn start(cfg: &Config, archive_url: &str) -> anyhow::Result<RunningDvm> {
+    start_under(cfg, archive_url, &Faults::default()).await
+}
+
+/// [`start`], with the DVM's task reporting a panic to `faults` as the `dvm` stage, so that
+/// inside a run it stops the process with an error naming it.
+pub async fn start_under(
+    cfg: &Config,
+    archive_url: &str,
+    faults: &Faults,
+) -> anyhow::Result<RunningDvm> {
     let settings = settings(cfg)?;
     let pool = reader_pool(cfg, archive_url).await?;
     let backend = Arc::new(ArchiveBackend::new(pool, cfg.dvm.max_result_bytes));
@@ -385,7 +396,7 @@ pub async fn start(cfg: &Config, archive_url: &str) -> anyhow::Result<RunningDvm
         "DVM answering job requests"
     );
     let (stop, rx) = watch::channel(false);
-    let task = tokio::spawn(stage::run(settings, backend, stats.clone(), rx));
+    let task = faults.spawn("dvm", stage::run(settings, backend, stats.clone(), rx));
     Ok(RunningDvm {
         stats,
         pubkey,

@@ -205,7 +205,7 @@ impl Service {
         let finder_on = parts.explicit.is_empty() && cfg.finder.enabled;
         let started = async {
             let dvm = match &parts.dvm {
-                Some(url) => Some(crate::dvm::start(cfg, url).await?),
+                Some(url) => Some(crate::dvm::start_under(cfg, url, &faults).await?),
                 None => None,
             };
             let cursors = crate::sync::load_cursors(pool).await?;
