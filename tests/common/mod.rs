@@ -179,12 +179,24 @@ pub async fn nostr_relay(events: &[GenEvent]) -> nostr_relay_builder::LocalRelay
         let ev = Event::from_json(&e.json).expect("nostr parses generated event");
         db.save_event(&ev).await.expect("save");
     }
-    let builder = RelayBuilder::default()
-        .addr(std::net::IpAddr::from([127, 0, 0, 1]))
-        .database(db);
-    let relay = LocalRelay::new(builder);
-    relay.run().await.expect("relay runs");
-    relay
+    // The relay builder picks a free port and binds it later: another test can take the port
+    // in between (AddrInUse). A new relay (a new port) is tried then; the database is shared.
+    let mut attempt = 0;
+    loop {
+        let builder = RelayBuilder::default()
+            .addr(std::net::IpAddr::from([127, 0, 0, 1]))
+            .database(db.clone());
+        let relay = LocalRelay::new(builder);
+        match relay.run().await {
+            Ok(()) => return relay,
+            Err(nostr_relay_builder::Error::IO(e))
+                if attempt < 20 && e.kind() == std::io::ErrorKind::AddrInUse =>
+            {
+                attempt += 1
+            }
+            Err(e) => panic!("the rust-nostr relay does not start: {e:?}"),
+        }
+    }
 }
 
 /// Asserts two id sets are equal, reporting sizes and a few differences (never the whole set).
