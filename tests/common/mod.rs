@@ -314,6 +314,17 @@ pub fn output_within(
     wait_within(child, limit, what)
 }
 
+/// Reads `pipe` to its end on a thread of its own, so the child never blocks on a full pipe.
+fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut p) = pipe {
+            let _ = p.read_to_end(&mut buf);
+        }
+        buf
+    })
+}
+
 /// Waits for a spawned `child` (stdout and stderr piped) at most `limit`; kills it and fails the
 /// test naming `what` when it is still running then.
 pub fn wait_within(
@@ -321,28 +332,8 @@ pub fn wait_within(
     limit: std::time::Duration,
     what: &str,
 ) -> std::process::Output {
-    use std::io::Read;
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let out = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let err = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
     let start = std::time::Instant::now();
     let status = loop {
         match child.try_wait() {
