@@ -504,9 +504,8 @@ pub async fn run_forever(
     // the task ends when the backfill has (at once on an archive already indexed).
     tokio::spawn(crate::tag_backfill::run(pool.clone(), stop.clone()));
     set_view_tail(pool, a.view_tail).await?;
-    let interval = Duration::from_secs_f64(a.interval.max(0.001));
-    let orphan_every =
-        (a.orphan_interval > 0.0).then(|| Duration::from_secs_f64(a.orphan_interval));
+    let interval = a.interval.get().max(Duration::from_millis(1));
+    let orphan_every = a.orphan_interval.nonzero();
     let mut next_cleanup = orphan_every.map(|d| tokio::time::Instant::now() + d);
     loop {
         let tick = tokio::time::Instant::now();

@@ -7,7 +7,7 @@
 //! run. The analytics refresher runs beside the sync unless `analytics.enabled = false`; the
 //! report gives its lag when the sync ended and how long it took to fold the rest.
 
-use crate::config::Config;
+use crate::config::{Config, Seconds};
 use crate::sync::{sync_once, SyncOptions};
 use anyhow::{bail, Context};
 use bigbrotr_stages::model::{Event, RelayUrl};
@@ -489,7 +489,7 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let refresher = analytics.then(|| {
         let (mut acfg, pool) = (cfg.clone(), pool.clone());
-        acfg.analytics.orphan_interval = 0.0;
+        acfg.analytics.orphan_interval = Seconds::new(0);
         tokio::spawn(async move { crate::analytics::run_forever(&acfg, &pool, stop_rx).await })
     });
 

@@ -7,7 +7,7 @@
 //! `dvm.max_result_bytes` of content, statistics by `dvm.max_limit` rows, filters by
 //! `dvm.max_filter_values`.
 
-use crate::config::{secs, Config};
+use crate::config::{Config, Millis};
 use crate::db::Pool;
 use crate::faults::Faults;
 use crate::filter_sql::{
@@ -52,13 +52,13 @@ pub fn settings(cfg: &Config) -> anyhow::Result<DvmSettings> {
     if d.relays.is_empty() {
         anyhow::bail!("key `dvm.relays` is empty: the DVM needs relays to read requests from");
     }
-    let relays = d.relay_urls()?;
+    let relays = d.relay_urls();
     Ok(DvmSettings {
         keypair,
         relays,
         transport: cfg.net.transport(),
-        connect_timeout: secs(cfg.sync.timeouts.clearnet.connect),
-        job_timeout: secs(d.job_timeout),
+        connect_timeout: cfg.sync.timeouts.clearnet.connect.get(),
+        job_timeout: d.job_timeout.get(),
         max_concurrent_jobs: d.max_concurrent_jobs,
         max_queued_jobs: d.max_queued_jobs,
         customers: CustomerLimits {
@@ -85,7 +85,8 @@ pub fn settings(cfg: &Config) -> anyhow::Result<DvmSettings> {
 /// `dvm.job_timeout`, one connection per concurrent job.
 pub async fn reader_pool(cfg: &Config, archive_url: &str) -> anyhow::Result<Pool> {
     let mut http = cfg.http.clone();
-    http.statement_timeout_ms = (cfg.dvm.job_timeout * 1000.0).ceil().max(1.0) as u64;
+    let ms = cfg.dvm.job_timeout.get().as_millis().max(1);
+    http.statement_timeout_ms = Millis::new(u64::try_from(ms).unwrap_or(u64::MAX));
     let mut config = crate::http::reader_config(&http, archive_url)?;
     config.application_name("bigbrotr-dvm");
     let who = config.get_user().unwrap_or("(default user)").to_string();

@@ -1,7 +1,7 @@
 //! The finder wired to the engine: its settings from `[finder]`, `[sync]`, `[net]` and
 //! `[seeds]`, its table, the long-running task inside `run`, and `bigbrotr finder --once`.
 
-use crate::config::{secs, Config};
+use crate::config::Config;
 use crate::db::Pool;
 use anyhow::Context;
 use bigbrotr_stages::finder::sources::HttpSource;
@@ -46,20 +46,20 @@ pub fn finder_config(cfg: &Config) -> FinderConfig {
             .map(|h| HttpSource {
                 url: h.url.clone(),
                 json_path: h.json_path.clone(),
-                cooldown: secs(h.cooldown),
+                cooldown: h.cooldown.get(),
             })
             .collect(),
         max_response_bytes: f.max_response_bytes,
-        http_timeout: secs(f.http_timeout),
+        http_timeout: f.http_timeout.get(),
         transport: cfg.net.transport(),
         validate_concurrency: f.validate_concurrency.max(1),
-        validate_timeout: secs(f.validate_timeout),
-        validate_timeout_overlay: secs(f.validate_timeout_tor),
+        validate_timeout: f.validate_timeout.get(),
+        validate_timeout_overlay: f.validate_timeout_tor.get(),
         max_attempts: f.max_attempts.max(1),
-        backoff: f.backoff,
-        backoff_max: f.backoff_max,
+        backoff: f.backoff.get().as_secs_f64(),
+        backoff_max: f.backoff_max.get().as_secs_f64(),
         max_candidates: f.max_candidates,
-        forget_after: f.forget_after,
+        forget_after: f.forget_after.get().as_secs_f64(),
         catchup: f.catchup,
         catchup_batch: f.catchup_batch.max(1),
     }

@@ -3,7 +3,7 @@
 //! when configured, the NIP-66 events to the publish relays. Also what the connectors read
 //! back: [`relay_limits`].
 
-use crate::config::{secs, Config};
+use crate::config::{relay_urls, Config};
 use crate::db::Pool;
 use anyhow::Context;
 use bigbrotr_stages::model::SignedEvent;
@@ -48,8 +48,8 @@ pub fn settings(cfg: &Config) -> anyhow::Result<MonitorSettings> {
     let path = |s: &str| (!s.is_empty()).then(|| std::path::PathBuf::from(s));
     Ok(MonitorSettings {
         transport: cfg.net.transport(),
-        timeout_clearnet: secs(m.timeout_clearnet),
-        timeout_overlay: secs(m.timeout_tor),
+        timeout_clearnet: m.timeout_clearnet.get(),
+        timeout_overlay: m.timeout_tor.get(),
         nip11_max_bytes: m.nip11_max_bytes,
         tls_ca_pem,
         dns_server,
@@ -130,14 +130,7 @@ impl Monitor {
     pub fn new(cfg: &Config) -> anyhow::Result<Monitor> {
         let settings = settings(cfg)?;
         let checker = Checker::new(settings).map_err(|e| anyhow::anyhow!("monitor: {e}"))?;
-        let mut publish_relays = Vec::new();
-        for (i, u) in cfg.monitor.publish_relays.iter().enumerate() {
-            publish_relays.push(
-                RelayUrl::parse(u, true).map_err(|e| {
-                    anyhow::anyhow!("key `monitor.publish_relays[{i}]`: {u:?}: {e}")
-                })?,
-            );
-        }
+        let publish_relays = relay_urls(&cfg.monitor.publish_relays);
         Ok(Monitor {
             checker: Arc::new(checker),
             par: Parallelism {
@@ -146,8 +139,8 @@ impl Monitor {
             },
             publish_relays,
             transport: cfg.net.transport(),
-            publish_timeout: secs(cfg.monitor.timeout_clearnet),
-            frequency_secs: cfg.monitor.interval.max(0.0) as u64,
+            publish_timeout: cfg.monitor.timeout_clearnet.get(),
+            frequency_secs: cfg.monitor.interval.get().as_secs(),
             geohash: (!cfg.monitor.geohash.is_empty()).then(|| cfg.monitor.geohash.clone()),
         })
     }
@@ -331,7 +324,7 @@ pub async fn run_forever(
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let monitor = Monitor::new(cfg)?;
-    let interval = secs(cfg.monitor.interval);
+    let interval = cfg.monitor.interval.get();
     loop {
         let started = tokio::time::Instant::now();
         match registry_relays(cfg, pool).await {

@@ -117,8 +117,8 @@ where
 /// The pause after `failures` consecutive failed runs: `sync.interval`, doubling, at most
 /// `finder.pause_max`.
 pub fn pause_for(cfg: &Config, failures: u32) -> Duration {
-    let base = Duration::from_secs_f64(cfg.sync.interval.max(1.0));
-    let max = Duration::from_secs_f64(cfg.finder.pause_max.max(0.0)).max(base);
+    let base = cfg.sync.interval.get().max(Duration::from_secs(1));
+    let max = cfg.finder.pause_max.get().max(base);
     base.saturating_mul(1u32 << failures.clamp(1, 20).saturating_sub(1))
         .min(max)
 }
@@ -199,7 +199,7 @@ impl<'p> Supervisor<'p> {
     }
 
     fn interval(&self) -> Duration {
-        Duration::from_secs_f64(self.cfg.sync.interval.max(1.0))
+        self.cfg.sync.interval.get().max(Duration::from_secs(1))
     }
 
     fn supported(&self, url: &RelayUrl) -> bool {
@@ -437,7 +437,7 @@ impl<'p> Supervisor<'p> {
         found: Option<flume::Receiver<RelayUrl>>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let refresh_every = Duration::from_secs_f64(self.cfg.finder.refresh.max(1.0));
+        let refresh_every = self.cfg.finder.refresh.get().max(Duration::from_secs(1));
         let mut refresh_at = Instant::now();
         let mut found = found;
         loop {

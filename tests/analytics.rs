@@ -833,9 +833,9 @@ async fn the_migration_counts_rows_written_before_it() {
 async fn the_stage_refreshes_and_cleans_on_schedule() {
     let (pool, db) = test_db().await;
     let mut cfg = config(&db);
-    cfg.analytics.interval = 0.1;
+    cfg.analytics.interval = bigbrotr::config::Seconds::from_millis(100);
     cfg.analytics.batch = 5;
-    cfg.analytics.orphan_interval = 0.2;
+    cfg.analytics.orphan_interval = bigbrotr::config::Seconds::from_millis(200);
     cfg.analytics.orphan_batch = 2;
     {
         let c = pool.get().await.expect("conn");

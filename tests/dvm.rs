@@ -5,7 +5,7 @@
 
 mod common;
 
-use bigbrotr::config::Config;
+use bigbrotr::config::{Config, Relay, Seconds, SecretKey};
 use bigbrotr::db::Pool;
 use bigbrotr::dvm::RunningDvm;
 use bigbrotr::stages::dvm::{
@@ -320,11 +320,15 @@ fn check_error(ev: &Value, req: &GenEvent, dvm: &str, relay: &str, customer: &Ke
 fn dvm_config(db: &str, relays: &[String], dvm: &Keypair) -> Config {
     let mut cfg = config(db);
     cfg.dvm.enabled = true;
-    cfg.dvm.private_key = hex::encode(dvm.secret_key().to_secret_bytes());
-    cfg.dvm.relays = relays.to_vec();
+    cfg.dvm.private_key =
+        SecretKey::parse(&hex::encode(dvm.secret_key().to_secret_bytes())).expect("key");
+    cfg.dvm.relays = relays
+        .iter()
+        .map(|u| Relay::parse(u).expect("url"))
+        .collect();
     cfg.dvm.max_limit = 25;
     cfg.dvm.max_filter_values = 5;
-    cfg.dvm.job_timeout = 30.0;
+    cfg.dvm.job_timeout = Seconds::new(30);
     // One test customer sends many jobs at once; the per-customer limits have their own tests.
     cfg.dvm.per_customer_jobs_per_minute = 0;
     cfg.dvm.per_customer_max_jobs = 0;

@@ -7,7 +7,7 @@
 
 mod common;
 
-use bigbrotr::config::{Config, FinderHttp};
+use bigbrotr::config::{Config, FinderHttp, Seconds};
 use bigbrotr::db::Pool;
 use bigbrotr::registry::{LimitsFuture, LimitsSource, RelayLimits};
 use bigbrotr::service::{self, Parts};
@@ -241,12 +241,12 @@ where
 fn finder_config(db: &str, seeds: &std::path::Path) -> Config {
     let mut cfg = config(db);
     cfg.seeds.file = seeds.to_path_buf();
-    cfg.finder.validate_timeout = 3.0;
-    cfg.finder.backoff = 1.0;
-    cfg.finder.backoff_max = 2.0;
-    cfg.finder.refresh = 1.0;
-    cfg.sync.interval = 1.0;
-    cfg.finder.pause_max = 4.0;
+    cfg.finder.validate_timeout = Seconds::new(3);
+    cfg.finder.backoff = Seconds::new(1);
+    cfg.finder.backoff_max = Seconds::new(2);
+    cfg.finder.refresh = Seconds::new(1);
+    cfg.sync.interval = Seconds::new(1);
+    cfg.finder.pause_max = Seconds::new(4);
     cfg
 }
 
@@ -468,7 +468,7 @@ async fn discovered_relays_are_validated_and_synced_without_restart() {
     cfg.finder.http = vec![FinderHttp {
         url: list.url.clone(),
         json_path: "data.relays".into(),
-        cooldown: 3600.0,
+        cooldown: Seconds::new(3600),
     }];
     let (stop, state, h) = start_run_forever(cfg, pool.clone());
 
@@ -530,7 +530,7 @@ async fn dead_relay_is_paused_and_resumes() {
     let mut cfg = finder_config(&db, &seeds);
     cfg.finder.enabled = false;
     cfg.sync.max_failures = 1;
-    cfg.sync.live_checkpoint = 1.0;
+    cfg.sync.live_checkpoint = Seconds::new(1);
 
     let first = plain(10, 7);
     let relay = TestRelay::start(first.clone(), Behavior::default())
@@ -786,8 +786,8 @@ async fn failing_candidates_are_dropped_after_max_attempts() {
     .expect("seeds");
     let mut cfg = finder_config(&db, &seeds);
     cfg.finder.max_attempts = 3;
-    cfg.finder.backoff = 1.0;
-    cfg.finder.backoff_max = 1.0;
+    cfg.finder.backoff = Seconds::new(1);
+    cfg.finder.backoff_max = Seconds::new(1);
 
     // One pass: seeds read, every candidate tried once.
     let report = bigbrotr::finder::run_once(&cfg, pool.clone())
@@ -857,7 +857,7 @@ async fn list_cooldown_holds_across_restarts() {
     cfg.finder.http = vec![FinderHttp {
         url: list.url.clone(),
         json_path: String::new(),
-        cooldown: 3600.0,
+        cooldown: Seconds::new(3600),
     }];
     bigbrotr::finder::ensure_schema(&pool)
         .await
@@ -890,7 +890,7 @@ async fn list_cooldown_holds_across_restarts() {
     );
 
     // A short cooldown has passed: fetched again.
-    cfg.finder.http[0].cooldown = 1.0;
+    cfg.finder.http[0].cooldown = Seconds::new(1);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (h, _) = bigbrotr::finder::spawn(&cfg, pool.clone(), None, None, stop_rx);
     wait_for("list fetched again", Duration::from_secs(20), || {

@@ -776,7 +776,7 @@ async fn refuses_bad_parameters_and_documents_the_api() {
 async fn the_api_role_cannot_write() {
     let (pool, db) = test_db().await;
     let mut cfg = config(&db);
-    cfg.http.statement_timeout_ms = 200;
+    cfg.http.statement_timeout_ms = bigbrotr::config::Millis::new(200);
     let reader = bigbrotr::http::reader_pool(&cfg.http, &db)
         .await
         .expect("reader pool");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use bigbrotr::config::Config;
+use bigbrotr::config::{Config, Relay, Seconds, SecretKey};
 use bigbrotr::monitor::{self, Monitor};
 use bigbrotr::stages::model::RelayUrl;
 use bigbrotr::stages::monitor::nip66;
@@ -373,7 +373,7 @@ async fn dns_server() -> Dns {
 
 fn monitor_config(db: &str) -> Config {
     let mut c = config(db);
-    c.monitor.timeout_clearnet = 5.0;
+    c.monitor.timeout_clearnet = Seconds::new(5);
     c.monitor.max_parallel_clearnet = 4;
     c
 }
@@ -457,7 +457,7 @@ async fn monitors_a_relay_found_through_dns() {
     let (pool, db) = test_db().await;
     let mut cfg = monitor_config(&db);
     cfg.monitor.dns_server = dns.addr.to_string();
-    cfg.monitor.private_key = MONITOR_KEY.into();
+    cfg.monitor.private_key = SecretKey::parse(MONITOR_KEY).expect("key");
     bigbrotr::register_relays(&pool, &[relay_url(&url)])
         .await
         .expect("register");
@@ -654,7 +654,7 @@ async fn records_tls_certificates_valid_or_not() {
     let (pool, db) = test_db().await;
     let mut cfg = monitor_config(&db);
     cfg.monitor.tls_ca_file = ca_file.path().display().to_string();
-    cfg.monitor.private_key = MONITOR_KEY.into();
+    cfg.monitor.private_key = SecretKey::parse(MONITOR_KEY).expect("key");
     let report = monitor::run_once(&cfg, &pool, Some(vec![relay_url(&url)]), None)
         .await
         .expect("pass");
@@ -728,9 +728,12 @@ async fn publishes_nip66_events_that_verify() {
     let (pool, db) = test_db().await;
     let mut cfg = monitor_config(&db);
     cfg.monitor.dns_server = dns.addr.to_string();
-    cfg.monitor.private_key = MONITOR_KEY.into();
-    cfg.monitor.interval = 1800.0;
-    cfg.monitor.publish_relays = vec![sink.url("ws", "127.0.0.1"), test_relay.url()];
+    cfg.monitor.private_key = SecretKey::parse(MONITOR_KEY).expect("key");
+    cfg.monitor.interval = Seconds::new(1800);
+    cfg.monitor.publish_relays = [sink.url("ws", "127.0.0.1"), test_relay.url()]
+        .iter()
+        .map(|u| Relay::parse(u).expect("url"))
+        .collect();
     cfg.validate().expect("valid config");
 
     // The events themselves.
@@ -804,7 +807,7 @@ async fn publishes_nip66_events_that_verify() {
 async fn malformed_nip11_documents_are_stored_leniently() {
     let (pool, db) = test_db().await;
     let mut cfg = monitor_config(&db);
-    cfg.monitor.private_key = MONITOR_KEY.into();
+    cfg.monitor.private_key = SecretKey::parse(MONITOR_KEY).expect("key");
     let m = Monitor::new(&cfg).expect("monitor");
     let kp = cfg.monitor.keypair().expect("key");
     let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
@@ -945,8 +948,9 @@ async fn a_dead_publish_relay_is_reported_not_waited_for() {
     }
     let (pool, db) = test_db().await;
     let mut cfg = monitor_config(&db);
-    cfg.monitor.private_key = MONITOR_KEY.into();
-    cfg.monitor.publish_relays = vec![format!("ws://127.0.0.1:{port}")];
+    cfg.monitor.private_key = SecretKey::parse(MONITOR_KEY).expect("key");
+    cfg.monitor.publish_relays =
+        vec![Relay::parse(&format!("ws://127.0.0.1:{port}")).expect("url")];
     let urls = servers
         .iter()
         .map(|s| relay_url(&s.url("ws", "127.0.0.1")))
@@ -1167,7 +1171,7 @@ async fn locates_relays_with_geoip_databases() {
     let mut cfg = monitor_config(&db);
     cfg.monitor.geoip_db = city.display().to_string();
     cfg.monitor.asn_db = asn.display().to_string();
-    cfg.monitor.private_key = MONITOR_KEY.into();
+    cfg.monitor.private_key = SecretKey::parse(MONITOR_KEY).expect("key");
     let m = Monitor::new(&cfg).expect("monitor");
     let r = m.checker().check(&relay_url(&url)).await;
     assert!(monitor::store(&pool, &r).await.expect("store"));
@@ -1200,16 +1204,19 @@ async fn locates_relays_with_geoip_databases() {
 /// The configuration refuses bad monitor keys with the key's name.
 #[test]
 fn monitor_configuration_errors_name_the_key() {
-    let mut c = Config::default();
-    c.monitor.private_key = "xyz".into();
-    let e = c.validate().expect_err("bad key").to_string();
+    let e = Config::parse(
+        "[monitor]\nprivate_key = \"xyz\"\n",
+        std::path::Path::new("x.toml"),
+    )
+    .expect_err("bad key")
+    .to_string();
     assert!(e.contains("monitor.private_key"), "{e}");
     let mut c = Config::default();
     c.monitor.dns_server = "not an address".into();
     let e = c.validate().expect_err("bad dns").to_string();
     assert!(e.contains("monitor.dns_server"), "{e}");
     let mut c = Config::default();
-    c.monitor.publish_relays = vec!["wss://relay.example.com".into()];
+    c.monitor.publish_relays = vec![Relay::parse("wss://relay.example.com").expect("url")];
     let e = c.validate().expect_err("no key").to_string();
     assert!(e.contains("monitor.private_key"), "{e}");
     let e = Config::parse("[monitor]\nintervall = 5\n", std::path::Path::new("x.toml"))

@@ -171,7 +171,7 @@ async fn a_relay_without_nip77_falls_back_and_the_recheck_finds_late_events() {
     let url = relay.url();
     let (pool, db) = test_db().await;
     let mut cfg = config(&db);
-    cfg.sync.recheck_horizon = 90.0 * 86_400.0;
+    cfg.sync.recheck_horizon = bigbrotr::config::Seconds::new(90 * 86_400);
     let first = pass(&pool, &cfg, std::slice::from_ref(&url)).await;
     assert_same_ids(&event_ids(&pool).await, &ids(&events), "first pass");
     assert_eq!(first.relays[0].neg_fallbacks, vec![("unsupported", 1)]);

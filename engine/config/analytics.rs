@@ -1,6 +1,6 @@
 //! `[analytics]`: the summary refresher and the orphan cleanup.
 
-use super::{check_all, check_seconds, Zero};
+use super::{check_all, Seconds};
 use serde::Deserialize;
 
 /// `[analytics]`: the refresher of the summary tables behind the statistics views
@@ -11,11 +11,11 @@ pub struct Analytics {
     /// Run the refresher and the orphan cleanup inside `bigbrotr run`.
     pub enabled: bool,
     /// Seconds between two refreshes.
-    pub interval: f64,
+    pub interval: Seconds,
     /// Rows folded into the summaries per transaction.
     pub batch: u32,
     /// Seconds between two orphan cleanups (0 = never).
-    pub orphan_interval: f64,
+    pub orphan_interval: Seconds,
     /// Rows deleted per orphan cleanup transaction.
     pub orphan_batch: u32,
     /// Rows not folded yet that the statistics views merge (past them, the views lag).
@@ -26,9 +26,9 @@ impl Default for Analytics {
     fn default() -> Self {
         Analytics {
             enabled: true,
-            interval: 5.0,
+            interval: Seconds::new(5),
             batch: 50_000,
-            orphan_interval: 86_400.0,
+            orphan_interval: Seconds::new(86_400),
             orphan_batch: 10_000,
             view_tail: 2_000,
         }
@@ -38,13 +38,7 @@ impl Default for Analytics {
 impl Analytics {
     /// Checks the `[analytics]` values; errors name `file` and the key.
     pub fn validate(&self, file: &str) -> anyhow::Result<()> {
-        check_seconds(file, "analytics.interval", self.interval, Zero::Refused)?;
-        check_seconds(
-            file,
-            "analytics.orphan_interval",
-            self.orphan_interval,
-            Zero::Allowed,
-        )?;
+        self.interval.check_positive(file, "analytics.interval")?;
         check_all(
             file,
             &[

@@ -1,20 +1,20 @@
 //! `[dvm]`: the NIP-90 data vending machine answering job requests from the archive.
 
-use super::{check_all, check_seconds, Zero};
+use super::{check_all, relay_urls, Relay, Seconds, SecretKey};
 use bigbrotr_stages::model::RelayUrl;
 use serde::Deserialize;
 
 /// `[dvm]`: the NIP-90 data vending machine answering job requests from the archive.
-#[derive(Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Dvm {
     /// Run the DVM inside `bigbrotr run` (`bigbrotr dvm` runs it alone).
     pub enabled: bool,
     /// Hex secret key signing results, feedback and the announcement; requests must `p`-tag
     /// its public key. Env `BIGBROTR_DVM_PRIVATE_KEY`.
-    pub private_key: String,
+    pub private_key: SecretKey,
     /// Relays read for job requests and published to.
-    pub relays: Vec<String>,
+    pub relays: Vec<Relay>,
     /// Most events an events job returns (and relays a relay statistics job lists).
     pub max_limit: u64,
     /// Most values in one filter (`ids`, `authors`, `kinds` and tag values together).
@@ -33,7 +33,7 @@ pub struct Dvm {
     /// Customers whose rate and jobs are remembered; beyond, idle ones are forgotten.
     pub max_customers: usize,
     /// Seconds one job may run (also the `statement_timeout` of its queries).
-    pub job_timeout: f64,
+    pub job_timeout: Seconds,
     /// Largest job request accepted (bytes of its JSON).
     pub max_request_bytes: usize,
     /// Largest content of an events job's result (bytes); events past it are left out.
@@ -50,7 +50,7 @@ impl Default for Dvm {
     fn default() -> Self {
         Dvm {
             enabled: false,
-            private_key: String::new(),
+            private_key: SecretKey::default(),
             relays: Vec::new(),
             max_limit: 500,
             max_filter_values: 1000,
@@ -60,7 +60,7 @@ impl Default for Dvm {
             per_customer_burst: 10,
             per_customer_max_jobs: 4,
             max_customers: 10_000,
-            job_timeout: 10.0,
+            job_timeout: Seconds::new(10),
             max_request_bytes: 64 << 10,
             max_result_bytes: 512 << 10,
             announce: true,
@@ -70,45 +70,10 @@ impl Default for Dvm {
     }
 }
 
-impl std::fmt::Debug for Dvm {
-    // Hand-written so that printing the configuration never prints the secret key.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dvm")
-            .field("enabled", &self.enabled)
-            .field(
-                "private_key",
-                &if self.private_key.is_empty() {
-                    ""
-                } else {
-                    "***"
-                },
-            )
-            .field("relays", &self.relays)
-            .field("max_limit", &self.max_limit)
-            .field("max_filter_values", &self.max_filter_values)
-            .field("max_concurrent_jobs", &self.max_concurrent_jobs)
-            .field("max_queued_jobs", &self.max_queued_jobs)
-            .field(
-                "per_customer_jobs_per_minute",
-                &self.per_customer_jobs_per_minute,
-            )
-            .field("per_customer_burst", &self.per_customer_burst)
-            .field("per_customer_max_jobs", &self.per_customer_max_jobs)
-            .field("max_customers", &self.max_customers)
-            .field("job_timeout", &self.job_timeout)
-            .field("max_request_bytes", &self.max_request_bytes)
-            .field("max_result_bytes", &self.max_result_bytes)
-            .field("announce", &self.announce)
-            .field("name", &self.name)
-            .field("about", &self.about)
-            .finish()
-    }
-}
-
 impl Dvm {
     /// Checks the `[dvm]` values; errors name `file` and the key.
     pub fn validate(&self, file: &str) -> anyhow::Result<()> {
-        check_seconds(file, "dvm.job_timeout", self.job_timeout, Zero::Refused)?;
+        self.job_timeout.check_positive(file, "dvm.job_timeout")?;
         check_all(
             file,
             &[
@@ -146,12 +111,7 @@ impl Dvm {
         if self.max_customers < jobs {
             anyhow::bail!("{file}: key `dvm.max_customers` must be at least dvm.max_concurrent_jobs + dvm.max_queued_jobs ({jobs})");
         }
-        if !self.private_key.is_empty() && self.keypair().is_none() {
-            anyhow::bail!("{file}: key `dvm.private_key` (or BIGBROTR_DVM_PRIVATE_KEY) must be a 64-digit hex secret key");
-        }
-        self.relay_urls()
-            .map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
-        if self.enabled && self.private_key.is_empty() {
+        if self.enabled && !self.private_key.is_set() {
             anyhow::bail!("{file}: key `dvm.enabled` needs `dvm.private_key` (or BIGBROTR_DVM_PRIVATE_KEY) to sign the answers");
         }
         if self.enabled && self.relays.is_empty() {
@@ -162,19 +122,11 @@ impl Dvm {
 
     /// The signing key, when `private_key` is a valid hex secret key.
     pub fn keypair(&self) -> Option<secp256k1::Keypair> {
-        super::keypair(&self.private_key)
+        self.private_key.keypair()
     }
 
-    /// `relays`, parsed; the error names the first key that is not a relay URL.
-    pub fn relay_urls(&self) -> anyhow::Result<Vec<RelayUrl>> {
-        self.relays
-            .iter()
-            .enumerate()
-            .map(|(i, u)| {
-                RelayUrl::parse(u, true).map_err(|e| {
-                    anyhow::anyhow!("key `dvm.relays[{i}]`: {u:?} is not a relay URL ({e})")
-                })
-            })
-            .collect()
+    /// `relays`, as the stages take them.
+    pub fn relay_urls(&self) -> Vec<RelayUrl> {
+        relay_urls(&self.relays)
     }
 }

@@ -1,6 +1,6 @@
 //! `[finder]`, `[[finder.http]]` and `[seeds]`: relay discovery and the relay registry.
 
-use super::{check_all, check_seconds, Zero};
+use super::{check_all, Seconds};
 use serde::Deserialize;
 use std::path::PathBuf;
 
@@ -15,11 +15,11 @@ pub struct FinderHttp {
     pub json_path: String,
     /// Seconds between two fetches of this list.
     #[serde(default = "default_list_cooldown")]
-    pub cooldown: f64,
+    pub cooldown: Seconds,
 }
 
-fn default_list_cooldown() -> f64 {
-    86_400.0
+fn default_list_cooldown() -> Seconds {
+    Seconds::new(86_400)
 }
 
 /// `[finder]`
@@ -33,23 +33,23 @@ pub struct Finder {
     /// Largest HTTP list response (bytes).
     pub max_response_bytes: usize,
     /// Seconds allowed for one HTTP list fetch.
-    pub http_timeout: f64,
+    pub http_timeout: Seconds,
     /// Candidate validations at once.
     pub validate_concurrency: usize,
     /// Seconds for one validation of a clearnet/local relay (connect, REQ, EOSE).
-    pub validate_timeout: f64,
+    pub validate_timeout: Seconds,
     /// Seconds for one validation through the SOCKS5 proxy.
-    pub validate_timeout_tor: f64,
+    pub validate_timeout_tor: Seconds,
     /// Failed validations before a candidate is dropped.
     pub max_attempts: u32,
     /// Seconds before a failed candidate is tried again; doubles with each failure.
-    pub backoff: f64,
+    pub backoff: Seconds,
     /// Longest wait between two validations of a candidate, seconds.
-    pub backoff_max: f64,
+    pub backoff_max: Seconds,
     /// Most active candidates.
     pub max_candidates: usize,
     /// Seconds after which a dropped candidate is forgotten (and may be found again).
-    pub forget_after: f64,
+    pub forget_after: Seconds,
     /// Relay hints buffered between dedupe and the finder (beyond: dropped and counted).
     pub hints_channel: usize,
     /// Scan the events archived before the finder ran for relay hints (once).
@@ -58,10 +58,10 @@ pub struct Finder {
     pub catchup_batch: usize,
     /// Seconds between re-reads of the relays table and of the relays' limits by the
     /// connector supervisor (newly validated relays are started at once regardless).
-    pub refresh: f64,
+    pub refresh: Seconds,
     /// Longest pause of a relay whose connector keeps failing, seconds (the pause starts at
     /// `sync.interval` and doubles).
-    pub pause_max: f64,
+    pub pause_max: Seconds,
 }
 
 impl Default for Finder {
@@ -70,20 +70,20 @@ impl Default for Finder {
             enabled: true,
             http: Vec::new(),
             max_response_bytes: 8 << 20,
-            http_timeout: 30.0,
+            http_timeout: Seconds::new(30),
             validate_concurrency: 20,
-            validate_timeout: 15.0,
-            validate_timeout_tor: 60.0,
+            validate_timeout: Seconds::new(15),
+            validate_timeout_tor: Seconds::new(60),
             max_attempts: 5,
-            backoff: 600.0,
-            backoff_max: 86_400.0,
+            backoff: Seconds::new(600),
+            backoff_max: Seconds::new(86_400),
             max_candidates: 100_000,
-            forget_after: 30.0 * 86_400.0,
+            forget_after: Seconds::new(30 * 86_400),
             hints_channel: 4096,
             catchup: true,
             catchup_batch: 2000,
-            refresh: 60.0,
-            pause_max: 86_400.0,
+            refresh: Seconds::new(60),
+            pause_max: Seconds::new(86_400),
         }
     }
 }
@@ -107,27 +107,12 @@ impl Default for Seeds {
 impl Finder {
     /// Checks the `[finder]` values; errors name `file` and the key.
     pub fn validate(&self, file: &str) -> anyhow::Result<()> {
-        let durations = [
-            ("finder.http_timeout", self.http_timeout, Zero::Refused),
-            (
-                "finder.validate_timeout",
-                self.validate_timeout,
-                Zero::Refused,
-            ),
-            (
-                "finder.validate_timeout_tor",
-                self.validate_timeout_tor,
-                Zero::Refused,
-            ),
-            ("finder.backoff", self.backoff, Zero::Allowed),
-            ("finder.backoff_max", self.backoff_max, Zero::Allowed),
-            ("finder.forget_after", self.forget_after, Zero::Allowed),
-            ("finder.refresh", self.refresh, Zero::Allowed),
-            ("finder.pause_max", self.pause_max, Zero::Allowed),
-        ];
-        for (key, v, zero) in durations {
-            check_seconds(file, key, v, zero)?;
-        }
+        self.http_timeout
+            .check_positive(file, "finder.http_timeout")?;
+        self.validate_timeout
+            .check_positive(file, "finder.validate_timeout")?;
+        self.validate_timeout_tor
+            .check_positive(file, "finder.validate_timeout_tor")?;
         check_all(
             file,
             &[
@@ -166,12 +151,6 @@ impl Finder {
                     h.url
                 );
             }
-            check_seconds(
-                file,
-                &format!("finder.http[{i}].cooldown"),
-                h.cooldown,
-                Zero::Allowed,
-            )?;
         }
         Ok(())
     }

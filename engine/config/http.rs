@@ -1,6 +1,6 @@
 //! `[http]`: health, readiness, metrics and the read-only REST API.
 
-use super::check_all;
+use super::{check_all, Millis};
 use serde::Deserialize;
 
 /// `[http]`
@@ -14,7 +14,7 @@ pub struct Http {
     /// Largest `limit` an API request may ask for (larger ones are capped).
     pub max_limit: u32,
     /// `statement_timeout` of the API's database connections, in milliseconds.
-    pub statement_timeout_ms: u64,
+    pub statement_timeout_ms: Millis,
     /// Connection string for the API; empty = the archive's server as role `bigbrotr_reader`.
     pub readonly_database_url: String,
     /// Largest API page in bytes: a page is cut (`truncated`) before it grows past this,
@@ -25,12 +25,12 @@ pub struct Http {
     pub max_connections: usize,
     /// Milliseconds a client has to send a whole request head (also the keep-alive idle
     /// time between two requests); slower connections are closed.
-    pub header_timeout_ms: u64,
+    pub header_timeout_ms: Millis,
     /// Milliseconds a connection may move no byte while no request is being handled
     /// (a client that stops reading its answer, or sending its body) before it is closed.
-    pub idle_timeout_ms: u64,
+    pub idle_timeout_ms: Millis,
     /// Milliseconds a request may take from its head to its answer; past it, 503.
-    pub request_timeout_ms: u64,
+    pub request_timeout_ms: Millis,
 }
 
 impl Default for Http {
@@ -39,13 +39,13 @@ impl Default for Http {
             listen: String::new(),
             api: true,
             max_limit: 500,
-            statement_timeout_ms: 5000,
+            statement_timeout_ms: Millis::new(5000),
             readonly_database_url: String::new(),
             max_response_bytes: 4 << 20,
             max_connections: 1024,
-            header_timeout_ms: 10_000,
-            idle_timeout_ms: 60_000,
-            request_timeout_ms: 30_000,
+            header_timeout_ms: Millis::new(10_000),
+            idle_timeout_ms: Millis::new(60_000),
+            request_timeout_ms: Millis::new(30_000),
         }
     }
 }
@@ -74,17 +74,17 @@ impl Http {
                     "must be at least 1",
                 ),
                 (
-                    self.header_timeout_ms >= 1,
+                    self.header_timeout_ms.is_positive(),
                     "http.header_timeout_ms",
                     "must be at least 1",
                 ),
                 (
-                    self.idle_timeout_ms >= 1,
+                    self.idle_timeout_ms.is_positive(),
                     "http.idle_timeout_ms",
                     "must be at least 1",
                 ),
                 (
-                    self.request_timeout_ms >= 1,
+                    self.request_timeout_ms.is_positive(),
                     "http.request_timeout_ms",
                     "must be at least 1",
                 ),

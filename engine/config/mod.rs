@@ -16,6 +16,7 @@ mod net;
 mod pipeline;
 mod shutdown;
 mod sync;
+mod types;
 
 pub use analytics::Analytics;
 pub use database::{Database, Embedded};
@@ -27,11 +28,11 @@ pub use net::Net;
 pub use pipeline::{Batch, Pipeline};
 pub use shutdown::Shutdown;
 pub use sync::{NetworkTimeouts, Override, Sync, Timeouts};
+pub use types::{relay_urls, Millis, Relay, Seconds, SecretKey, MAX_SECONDS};
 
 use anyhow::{bail, Context};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
@@ -68,39 +69,6 @@ pub struct Config {
     pub source: Option<PathBuf>,
 }
 
-/// A duration key's value (seconds, checked at load by [`check_seconds`]) as a `Duration`.
-pub(crate) fn secs(v: f64) -> Duration {
-    Duration::from_secs_f64(if v.is_finite() { v.max(0.0) } else { 0.0 })
-}
-
-/// Longest duration any key may give, in seconds (ten years): beyond it a deadline is no
-/// deadline, and `Instant + Duration` arithmetic downstream could overflow and panic.
-pub const MAX_SECONDS: f64 = 315_360_000.0;
-
-/// Whether a duration key may be 0.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Zero {
-    /// 0 has a meaning (never, no budget, no wait).
-    Allowed,
-    /// 0 would make every wait fail at once or loop without pause.
-    Refused,
-}
-
-/// Checks one duration key, in seconds: finite, not negative, at most [`MAX_SECONDS`], and
-/// positive when `zero` is refused. `Duration::from_secs_f64` panics on inf and NaN, so this
-/// runs at load rather than when the value is first used.
-pub(crate) fn check_seconds(file: &str, key: &str, v: f64, zero: Zero) -> anyhow::Result<()> {
-    let ok = (0.0..=MAX_SECONDS).contains(&v) && (zero == Zero::Allowed || v > 0.0);
-    if !ok {
-        let low = match zero {
-            Zero::Allowed => "0",
-            Zero::Refused => "above 0",
-        };
-        bail!("{file}: key `{key}` must be a number of seconds from {low} to {MAX_SECONDS} (ten years), got {v}");
-    }
-    Ok(())
-}
-
 /// Reads a boolean environment variable: true/false/1/0 (any case). Anything else is an
 /// error naming the variable, so a typo does not silently mean "false".
 fn env_bool(name: &str, value: &str) -> anyhow::Result<bool> {
@@ -109,12 +77,6 @@ fn env_bool(name: &str, value: &str) -> anyhow::Result<bool> {
         "0" | "false" => Ok(false),
         _ => bail!("environment variable {name}={value:?} must be true, false, 1 or 0"),
     }
-}
-
-/// The key pair of a 64-digit hex secret key (`monitor.private_key`, `dvm.private_key`).
-fn keypair(hex_secret: &str) -> Option<secp256k1::Keypair> {
-    let bytes: [u8; 32] = hex::decode(hex_secret.trim()).ok()?.try_into().ok()?;
-    secp256k1::Keypair::from_secret_bytes(bytes).ok()
 }
 
 /// Fails naming `file` and the first key of `checks` (`(holds, key, why)`) that does not hold.
@@ -196,10 +158,14 @@ impl Config {
             self.sync.allow_local = env_bool("BIGBROTR_ALLOW_LOCAL", &v)?;
         }
         if let Ok(v) = std::env::var("BIGBROTR_MONITOR_PRIVATE_KEY") {
-            self.monitor.private_key = v;
+            self.monitor.private_key = SecretKey::parse(&v).map_err(|e| {
+                anyhow::anyhow!("environment variable BIGBROTR_MONITOR_PRIVATE_KEY {e}")
+            })?;
         }
         if let Ok(v) = std::env::var("BIGBROTR_DVM_PRIVATE_KEY") {
-            self.dvm.private_key = v;
+            self.dvm.private_key = SecretKey::parse(&v).map_err(|e| {
+                anyhow::anyhow!("environment variable BIGBROTR_DVM_PRIVATE_KEY {e}")
+            })?;
         }
         Ok(())
     }
@@ -218,7 +184,6 @@ impl Config {
         self.monitor.validate(&f)?;
         self.analytics.validate(&f)?;
         self.dvm.validate(&f)?;
-        self.shutdown.validate(&f)?;
         check_all(
             &f,
             &[
@@ -241,6 +206,7 @@ impl Config {
 mod tests {
     use super::*;
     use bigbrotr_stages::model::RelayUrl;
+    use std::time::Duration;
 
     #[test]
     fn shipped_config_parses_and_validates() {
@@ -423,11 +389,15 @@ mod tests {
         let (cl, tor) = (&c.sync.timeouts.clearnet, &c.sync.timeouts.tor);
         assert_eq!(
             (cl.connect, cl.idle, cl.relay),
-            (d.clearnet.connect, 7.5, d.clearnet.relay)
+            (
+                d.clearnet.connect,
+                Seconds::from_millis(7500),
+                d.clearnet.relay
+            )
         );
         assert_eq!(
             (tor.connect, tor.idle, tor.relay),
-            (d.tor.connect, d.tor.idle, 10.0)
+            (d.tor.connect, d.tor.idle, Seconds::new(10))
         );
         // An unknown key in such a table is still an error naming it.
         let e = Config::parse("[sync.timeouts.tor]\nconect = 1\n", Path::new("x.toml"))

@@ -1,10 +1,9 @@
 //! `[pipeline]` and `[batch]`: channel bounds, the verify pool, batching before the sink.
 
-use super::{check_all, Config};
+use super::{check_all, Config, Millis};
 use bigbrotr_stages::batch::BatchConfig;
 use bigbrotr_stages::verify::VerifyConfig;
 use serde::Deserialize;
-use std::time::Duration;
 
 /// `[pipeline]`
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -56,14 +55,14 @@ pub struct Batch {
     /// Rows (bodies + sightings) per COPY batch.
     pub max_rows: usize,
     /// Longest a row waits for its batch, in milliseconds.
-    pub max_age_ms: u64,
+    pub max_age_ms: Millis,
 }
 
 impl Default for Batch {
     fn default() -> Self {
         Batch {
             max_rows: 10_000,
-            max_age_ms: 500,
+            max_age_ms: Millis::new(500),
         }
     }
 }
@@ -129,7 +128,7 @@ impl Config {
     pub fn batch(&self) -> BatchConfig {
         BatchConfig {
             max_rows: self.batch.max_rows,
-            max_age: Duration::from_millis(self.batch.max_age_ms),
+            max_age: self.batch.max_age_ms.get(),
         }
     }
 }

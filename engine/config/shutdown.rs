@@ -1,6 +1,6 @@
 //! `[shutdown]`: how long a stop may take.
 
-use super::{check_seconds, secs, Zero};
+use super::Seconds;
 use serde::Deserialize;
 use std::time::Duration;
 
@@ -10,23 +10,20 @@ use std::time::Duration;
 pub struct Shutdown {
     /// Seconds from the first SIGINT/SIGTERM to exit, whatever is still running: work not
     /// committed by then is fetched again next time (no cursor ever claims it).
-    pub grace: f64,
+    pub grace: Seconds,
 }
 
 impl Default for Shutdown {
     fn default() -> Self {
-        Shutdown { grace: 5.0 }
+        Shutdown {
+            grace: Seconds::new(5),
+        }
     }
 }
 
 impl Shutdown {
-    /// Checks the `[shutdown]` values; errors name `file` and the key.
-    pub fn validate(&self, file: &str) -> anyhow::Result<()> {
-        check_seconds(file, "shutdown.grace", self.grace, Zero::Allowed)
-    }
-
     /// The grace period.
     pub fn grace(&self) -> Duration {
-        secs(self.grace)
+        self.grace.get()
     }
 }

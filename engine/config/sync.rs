@@ -1,6 +1,6 @@
 //! `[sync]`, `[sync.timeouts.*]` and `[[sync.overrides]]`: how relays are synced.
 
-use super::{check_all, check_seconds, secs, Config, Zero};
+use super::{check_all, Config, Relay, Seconds};
 use bigbrotr_stages::connect::SyncConfig;
 use bigbrotr_stages::model::{Network, RelayUrl};
 use serde::Deserialize;
@@ -10,12 +10,12 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// TCP + TLS + WebSocket handshake.
-    pub connect: f64,
+    pub connect: Seconds,
     /// Longest silence while waiting for a reply.
-    pub idle: f64,
+    pub idle: Seconds,
     /// Budget of one relay's backfill, held inside the connection (0 = unbounded); live
     /// subscriptions after it have no end.
-    pub relay: f64,
+    pub relay: Seconds,
 }
 
 /// `[sync.timeouts]`
@@ -35,9 +35,9 @@ pub struct NetworkTimeouts {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PartialTimeouts {
-    connect: Option<f64>,
-    idle: Option<f64>,
-    relay: Option<f64>,
+    connect: Option<Seconds>,
+    idle: Option<Seconds>,
+    relay: Option<Seconds>,
 }
 
 impl PartialTimeouts {
@@ -62,14 +62,14 @@ impl Default for NetworkTimeouts {
     fn default() -> Self {
         NetworkTimeouts {
             clearnet: Timeouts {
-                connect: 15.0,
-                idle: 30.0,
-                relay: 1800.0,
+                connect: Seconds::new(15),
+                idle: Seconds::new(30),
+                relay: Seconds::new(1800),
             },
             tor: Timeouts {
-                connect: 60.0,
-                idle: 60.0,
-                relay: 3600.0,
+                connect: Seconds::new(60),
+                idle: Seconds::new(60),
+                relay: Seconds::new(3600),
             },
         }
     }
@@ -79,16 +79,16 @@ impl Default for NetworkTimeouts {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Override {
-    /// The relay (normalized before matching).
-    pub url: String,
+    /// The relay (normalized at load).
+    pub url: Relay,
     /// REQ limit for this relay.
     pub limit: Option<usize>,
     /// Handshake timeout, seconds.
-    pub connect: Option<f64>,
+    pub connect: Option<Seconds>,
     /// Idle timeout, seconds.
-    pub idle: Option<f64>,
+    pub idle: Option<Seconds>,
     /// Per-relay budget, seconds.
-    pub relay: Option<f64>,
+    pub relay: Option<Seconds>,
 }
 
 /// `[sync]`
@@ -110,9 +110,9 @@ pub struct Sync {
     /// In long-running mode, stay subscribed after backfill.
     pub live: bool,
     /// In long-running mode, seconds before a relay that failed or finished is synced again.
-    pub interval: f64,
+    pub interval: Seconds,
     /// In live mode, seconds between cursor checkpoints.
-    pub live_checkpoint: f64,
+    pub live_checkpoint: Seconds,
     /// Accept loopback/private relay addresses (tests, benches, private deployments).
     pub allow_local: bool,
     /// Reconcile with NIP-77 before walking, where the relay speaks it.
@@ -120,7 +120,7 @@ pub struct Sync {
     /// Download bodies the archive already holds from other relays anyway.
     pub fetch_known_bodies: bool,
     /// Relays without NIP-77: seconds below the cursor walked again each pass (0 = off).
-    pub recheck_horizon: f64,
+    pub recheck_horizon: Seconds,
     /// Per-network timeouts.
     pub timeouts: NetworkTimeouts,
     /// Per-relay overrides.
@@ -137,12 +137,12 @@ impl Default for Sync {
             max_failures: 5,
             max_event_bytes: 512 << 10,
             live: true,
-            interval: 900.0,
-            live_checkpoint: 60.0,
+            interval: Seconds::new(900),
+            live_checkpoint: Seconds::new(60),
             allow_local: false,
             reconcile: true,
             fetch_known_bodies: false,
-            recheck_horizon: 86_400.0,
+            recheck_horizon: Seconds::new(86_400),
             timeouts: NetworkTimeouts::default(),
             overrides: Vec::new(),
         }
@@ -152,36 +152,22 @@ impl Default for Sync {
 impl Sync {
     /// Checks the `[sync]` values; errors name `file` and the key.
     pub fn validate(&self, file: &str) -> anyhow::Result<()> {
-        use Zero::{Allowed, Refused};
-        let mut durations: Vec<(String, f64, Zero)> = vec![
-            ("sync.interval".into(), self.interval, Allowed),
-            ("sync.live_checkpoint".into(), self.live_checkpoint, Allowed),
-            ("sync.recheck_horizon".into(), self.recheck_horizon, Allowed),
-        ];
         let networks = [
             ("clearnet", &self.timeouts.clearnet),
             ("tor", &self.timeouts.tor),
         ];
         for (net, t) in networks {
-            let key = |k: &str| format!("sync.timeouts.{net}.{k}");
-            durations.push((key("connect"), t.connect, Refused));
-            durations.push((key("idle"), t.idle, Refused));
-            durations.push((key("relay"), t.relay, Allowed));
+            t.connect
+                .check_positive(file, &format!("sync.timeouts.{net}.connect"))?;
+            t.idle
+                .check_positive(file, &format!("sync.timeouts.{net}.idle"))?;
         }
         for (i, o) in self.overrides.iter().enumerate() {
-            let each = [
-                ("connect", o.connect, Refused),
-                ("idle", o.idle, Refused),
-                ("relay", o.relay, Allowed),
-            ];
-            for (k, v, zero) in each {
+            for (k, v) in [("connect", o.connect), ("idle", o.idle)] {
                 if let Some(v) = v {
-                    durations.push((format!("sync.overrides[{i}].{k}"), v, zero));
+                    v.check_positive(file, &format!("sync.overrides[{i}].{k}"))?;
                 }
             }
-        }
-        for (key, v, zero) in durations {
-            check_seconds(file, &key, v, zero)?;
         }
         check_all(
             file,
@@ -193,16 +179,7 @@ impl Sync {
                     "must be at least 1",
                 ),
             ],
-        )?;
-        for (i, o) in self.overrides.iter().enumerate() {
-            if let Err(e) = RelayUrl::parse(&o.url, true) {
-                anyhow::bail!(
-                    "{file}: key `sync.overrides[{i}].url`: {:?} is not a relay URL ({e})",
-                    o.url
-                );
-            }
-        }
-        Ok(())
+        )
     }
 }
 
@@ -224,32 +201,30 @@ impl Config {
                 Some(self.sync.kinds.clone())
             },
             live: !once && self.sync.live,
-            connect_timeout: secs(t.connect),
-            idle_timeout: secs(t.idle),
-            relay_timeout: (t.relay > 0.0).then(|| secs(t.relay)),
+            connect_timeout: t.connect.get(),
+            idle_timeout: t.idle.get(),
+            relay_timeout: t.relay.nonzero(),
             max_event_bytes: self.sync.max_event_bytes,
             max_failures: self.sync.max_failures,
-            live_checkpoint: secs(self.sync.live_checkpoint.max(1.0)),
+            live_checkpoint: self.sync.live_checkpoint.max(Seconds::new(1)).get(),
             reconcile: self.sync.reconcile,
             fetch_known_bodies: self.sync.fetch_known_bodies,
-            recheck_horizon: self.sync.recheck_horizon as i64,
+            recheck_horizon: self.sync.recheck_horizon.whole_secs(),
             transport: self.net.transport(),
             ..SyncConfig::default()
         };
-        for o in &self.sync.overrides {
-            if RelayUrl::parse(&o.url, true).is_ok_and(|u| &u == url) {
-                if let Some(v) = o.limit {
-                    c.limit = v.max(1);
-                }
-                if let Some(v) = o.connect {
-                    c.connect_timeout = secs(v);
-                }
-                if let Some(v) = o.idle {
-                    c.idle_timeout = secs(v);
-                }
-                if let Some(v) = o.relay {
-                    c.relay_timeout = (v > 0.0).then(|| secs(v));
-                }
+        for o in self.sync.overrides.iter().filter(|o| &o.url.0 == url) {
+            if let Some(v) = o.limit {
+                c.limit = v.max(1);
+            }
+            if let Some(v) = o.connect {
+                c.connect_timeout = v.get();
+            }
+            if let Some(v) = o.idle {
+                c.idle_timeout = v.get();
+            }
+            if let Some(v) = o.relay {
+                c.relay_timeout = v.nonzero();
             }
         }
         c

@@ -246,7 +246,7 @@ pub fn reader_config(
     let options = format!(
         "{} -c statement_timeout={} -c default_transaction_read_only=on",
         c.get_options().unwrap_or(""),
-        http.statement_timeout_ms
+        http.statement_timeout_ms.as_millis().max(1)
     );
     c.options(options.trim());
     if c.get_application_name().is_none() {

@@ -79,9 +79,9 @@ impl Limits {
         }
         Limits {
             max_connections,
-            header_timeout: Duration::from_millis(http.header_timeout_ms.max(1)),
-            idle_timeout: Duration::from_millis(http.idle_timeout_ms.max(1)),
-            request_timeout: Duration::from_millis(http.request_timeout_ms.max(1)),
+            header_timeout: http.header_timeout_ms.get().max(Duration::from_millis(1)),
+            idle_timeout: http.idle_timeout_ms.get().max(Duration::from_millis(1)),
+            request_timeout: http.request_timeout_ms.get().max(Duration::from_millis(1)),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! re-verify stored events with an independent implementation (the `nostr` crate).
 #![allow(dead_code)]
 
-use bigbrotr::config::{Config, Timeouts};
+use bigbrotr::config::{Config, Millis, Seconds, Timeouts};
 use bigbrotr::db::Pool;
 use bigbrotr_testkit::gen::GenEvent;
 use nostr::JsonUtil;
@@ -29,13 +29,13 @@ pub fn config(url: &str) -> Config {
     c.sync.max_failures = 4;
     c.sync.limit = 500;
     c.sync.timeouts.clearnet = Timeouts {
-        connect: 3.0,
-        idle: 2.0,
-        relay: 120.0,
+        connect: Seconds::new(3),
+        idle: Seconds::new(2),
+        relay: Seconds::new(120),
     };
     c.pipeline.verify_threads = 2;
     c.pipeline.pin_cores = false;
-    c.batch.max_age_ms = 50;
+    c.batch.max_age_ms = Millis::new(50);
     c
 }
 
