@@ -394,23 +394,30 @@ async fn wait_listening(port: u16) -> anyhow::Result<()> {
     bail!("bench relay on port {port} did not start")
 }
 
-/// Runs the benchmark.
-pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> {
-    if spec.relays == 0 || spec.events == 0 {
-        bail!("bench needs at least one relay and one event");
-    }
-    let events = corpus(spec)?;
-    // Relay processes: each gets its shard as a file.
+/// The bench relays, one process per shard, and what they serve.
+struct Served {
+    /// The relay processes (killed on drop).
+    children: Relays,
+    /// Their URLs.
+    relays: Vec<RelayUrl>,
+    /// Frames they send in all (one per event per relay serving it).
+    frames: usize,
+    /// The ids some relay serves.
+    ids: IdSetDigest,
+}
+
+/// Starts one `bigbrotr testrelay` process per shard of `events` and waits until each listens.
+async fn start_relays(spec: &BenchSpec, events: &[GenEvent]) -> anyhow::Result<Served> {
     let exe = std::env::current_exe().context("cannot find the bigbrotr executable")?;
     let mut children = Relays(Vec::new());
-    let mut urls = Vec::new();
-    let mut expected_frames = 0usize;
+    let mut ports = Vec::new();
+    let mut frames = 0usize;
     // Corpus events some relay serves; their ids are checked through a digest, so the bench
     // holds no per-event state while it measures the engine's memory.
     let mut served = vec![false; events.len()];
     for r in 0..spec.relays {
         let idx = shard(events.len(), spec.relays, r, spec.overlap);
-        expected_frames += idx.len();
+        frames += idx.len();
         let shard_events: Vec<GenEvent> = idx.iter().map(|&i| events[i].clone()).collect();
         for &i in &idx {
             served[i] = true;
@@ -431,129 +438,88 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
             .spawn()
             .context("cannot start a bench relay")?;
         children.0.push(child);
-        urls.push(format!("ws://127.0.0.1:{port}"));
+        ports.push(port);
     }
-    for u in &urls {
-        let port: u16 = u
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0);
+    let mut relays = Vec::new();
+    for port in ports {
         wait_listening(port).await?;
+        relays.push(RelayUrl::parse(&format!("ws://127.0.0.1:{port}"), true)?);
     }
-
-    // The verify limit of this machine, measured now.
-    let sample: Vec<Event> = events
-        .iter()
-        .take(20_000)
-        .filter_map(|e| Event::parse_json(e.json.as_bytes()).ok())
-        .collect();
-    let verify_per_core = measure_verify_per_core(&sample);
-    drop(sample);
-
-    // A fresh database.
-    let mut embedded = None;
-    let url = match &spec.database_url {
-        Some(u) => u.clone(),
-        None => {
-            let pg = crate::embedded_pg::EmbeddedPg::start(
-                &spec.dir.join("postgres"),
-                0,
-                "bigbrotr",
-                true,
-            )
-            .await?;
-            let u = pg.create_database("bench").await?;
-            embedded = Some(pg);
-            u
-        }
-    };
-    let pool = crate::db::connect(&url, cfg.database.pool_size).await?;
-    crate::db::migrate(&pool).await?;
-    let mut cfg = cfg.clone();
-    cfg.sync.allow_local = true;
-    cfg.database.url = url.clone();
-    let relays: Vec<RelayUrl> = urls
-        .iter()
-        .filter_map(|u| RelayUrl::parse(u, true).ok())
-        .collect();
-    let mut expected = IdSetDigest::default();
+    let mut ids = IdSetDigest::default();
     for (e, _) in events.iter().zip(&served).filter(|(_, s)| **s) {
-        expected.add(&e.id);
+        ids.add(&e.id);
     }
-    drop(served);
-    drop(events);
+    Ok(Served {
+        children,
+        relays,
+        frames,
+        ids,
+    })
+}
 
-    // The analytics refresher beside the sync, as `bigbrotr sync` and `run` run it.
-    let analytics = cfg.analytics.enabled;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let refresher = analytics.then(|| {
-        let (mut acfg, pool) = (cfg.clone(), pool.clone());
-        acfg.analytics.orphan_interval = Seconds::new(0);
-        tokio::spawn(async move { crate::analytics::run_forever(&acfg, &pool, stop_rx).await })
-    });
-
-    reset_peak_rss();
-    let base_rss = rss_mib();
-    let busy0 = machine_busy_secs();
-    let own0 = own_cpu_secs();
-    let relays_again = relays.clone();
-    let report = sync_once(
-        &cfg,
-        pool.clone(),
-        relays.clone(),
-        &SyncOptions {
-            progress: true,
-            ..Default::default()
-        },
-        None,
-    )
-    .await?;
-    let peak = peak_rss_mib();
-    let others_cpu = ((machine_busy_secs() - busy0) - (own_cpu_secs() - own0)).max(0.0);
-    let wire = |r: &crate::sync::SyncReport| -> u64 {
-        r.relays
-            .iter()
-            .map(|x| x.bytes_received + x.neg_bytes_sent)
-            .sum()
-    };
-    let resync = if spec.resync {
-        let again = sync_once(
-            &cfg,
-            pool.clone(),
-            relays_again,
-            &SyncOptions::default(),
-            None,
-        )
+/// The database the bench archives into: `spec.database_url`, or a fresh embedded cluster.
+async fn bench_database(
+    spec: &BenchSpec,
+) -> anyhow::Result<(String, Option<crate::embedded_pg::EmbeddedPg>)> {
+    if let Some(u) = &spec.database_url {
+        return Ok((u.clone(), None));
+    }
+    let pg = crate::embedded_pg::EmbeddedPg::start(&spec.dir.join("postgres"), 0, "bigbrotr", true)
         .await?;
-        Some(Resync {
-            seconds: again.elapsed.as_secs_f64(),
-            wire_bytes: wire(&again),
-            frames: again.relays.iter().map(|r| r.received).sum(),
-            events_inserted: again.events_inserted,
-        })
-    } else {
-        None
+    let u = pg.create_database("bench").await?;
+    Ok((u, Some(pg)))
+}
+
+/// Drops the bench database of an embedded cluster (best effort: the figures are taken).
+async fn drop_bench_database(pg: &crate::embedded_pg::EmbeddedPg, url: &str) {
+    let Ok((client, conn)) =
+        tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls).await
+    else {
+        return;
     };
-    drop(children);
-
-    // The analytics lag when the sync ended, and how long the refresher took to fold the rest.
-    let synced = Instant::now();
-    let lag_end = crate::analytics::lag(&pool).await?;
-    let mut caught_up = None;
-    if let Some(task) = refresher {
-        while synced.elapsed() < ANALYTICS_WAIT {
-            if crate::analytics::lag(&pool).await?.seq == 0 {
-                caught_up = Some(synced.elapsed().as_secs_f64());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let _ = stop_tx.send(true);
-        task.await.context("analytics refresher task")??;
+    tokio::spawn(conn);
+    let db = url
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("dbname="))
+        .unwrap_or("")
+        .trim_matches('\'')
+        .to_string();
+    if !db.is_empty() {
+        let _ = client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
+            .await;
     }
+}
 
-    // Check the archive before printing any figure.
+/// Waits (at most [`ANALYTICS_WAIT`]) for the refresher to fold what the sync archived,
+/// then stops it; the seconds it took, or `None` if it did not catch up.
+async fn analytics_catch_up(
+    pool: &crate::db::Pool,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+) -> anyhow::Result<Option<f64>> {
+    let synced = Instant::now();
+    let mut caught_up = None;
+    while synced.elapsed() < ANALYTICS_WAIT {
+        if crate::analytics::lag(pool).await?.seq == 0 {
+            caught_up = Some(synced.elapsed().as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(true);
+    task.await.context("analytics refresher task")??;
+    Ok(caught_up)
+}
+
+/// Checks the archive against what the relays served before any figure is printed: the
+/// events and sightings counted, the ids, and the summaries when the refresher caught up.
+/// Returns the events and sightings counted.
+async fn check_archive(
+    pool: &crate::db::Pool,
+    served: &Served,
+    summaries_folded: bool,
+) -> anyhow::Result<(i64, i64)> {
     let conn = pool.get().await?;
     let n: i64 = conn
         .query_one("SELECT count(*) FROM events", &[])
@@ -563,17 +529,20 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
         .query_one("SELECT count(*) FROM events_relays", &[])
         .await?
         .get(0);
-    if n as u64 != expected.n {
+    if n as u64 != served.ids.n {
         bail!(
             "bench check failed: {} events archived, {} expected",
             n,
-            expected.n
+            served.ids.n
         );
     }
-    if sightings as usize != expected_frames {
-        bail!("bench check failed: {sightings} sightings, {expected_frames} expected");
+    if sightings as usize != served.frames {
+        bail!(
+            "bench check failed: {sightings} sightings, {} expected",
+            served.frames
+        );
     }
-    if caught_up.is_some() {
+    if summaries_folded {
         let r = conn
             .query_one(
                 "SELECT (SELECT total_events FROM analytics_state),
@@ -601,29 +570,97 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
         };
         archived.add(&id);
     }
-    if archived != expected {
+    if archived != served.ids {
         bail!("bench check failed: the archived ids are not the ids served");
     }
-    drop(conn);
-    if !spec.keep {
-        if let Some(pg) = &embedded {
-            let c = tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls).await;
-            drop(pool);
-            if let Ok((client, conn)) = c {
-                tokio::spawn(conn);
-                let db = url
-                    .split_whitespace()
-                    .find_map(|kv| kv.strip_prefix("dbname="))
-                    .unwrap_or("")
-                    .trim_matches('\'')
-                    .to_string();
-                if !db.is_empty() {
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
-                        .await;
-                }
-            }
-        }
+    Ok((n, sightings))
+}
+
+/// Bytes the engine received from relays plus its NIP-77 messages sent.
+fn wire_bytes(r: &crate::sync::SyncReport) -> u64 {
+    r.relays
+        .iter()
+        .map(|x| x.bytes_received + x.neg_bytes_sent)
+        .sum()
+}
+
+/// The second, unchanged sync of `--resync`: what an up-to-date archive costs.
+async fn resync(
+    cfg: &Config,
+    pool: &crate::db::Pool,
+    relays: Vec<RelayUrl>,
+) -> anyhow::Result<Resync> {
+    let again = sync_once(cfg, pool.clone(), relays, &SyncOptions::default(), None).await?;
+    Ok(Resync {
+        seconds: again.elapsed.as_secs_f64(),
+        wire_bytes: wire_bytes(&again),
+        frames: again.relays.iter().map(|r| r.received).sum(),
+        events_inserted: again.events_inserted,
+    })
+}
+
+/// Runs the benchmark.
+pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> {
+    if spec.relays == 0 || spec.events == 0 {
+        bail!("bench needs at least one relay and one event");
+    }
+    let events = corpus(spec)?;
+    let mut served = start_relays(spec, &events).await?;
+
+    // The verify limit of this machine, measured now.
+    let sample: Vec<Event> = events
+        .iter()
+        .take(20_000)
+        .filter_map(|e| Event::parse_json(e.json.as_bytes()).ok())
+        .collect();
+    let verify_per_core = measure_verify_per_core(&sample);
+    drop(sample);
+    drop(events);
+
+    let (url, embedded) = bench_database(spec).await?;
+    let pool = crate::db::connect(&url, cfg.database.pool_size).await?;
+    crate::db::migrate(&pool).await?;
+    let mut cfg = cfg.clone();
+    cfg.sync.allow_local = true;
+    cfg.database.url = url.clone();
+
+    // The analytics refresher beside the sync, as `bigbrotr sync` and `run` run it.
+    let analytics = cfg.analytics.enabled;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let refresher = analytics.then(|| {
+        let (mut acfg, pool) = (cfg.clone(), pool.clone());
+        acfg.analytics.orphan_interval = Seconds::new(0);
+        tokio::spawn(async move { crate::analytics::run_forever(&acfg, &pool, stop_rx).await })
+    });
+
+    reset_peak_rss();
+    let base_rss = rss_mib();
+    let busy0 = machine_busy_secs();
+    let own0 = own_cpu_secs();
+    let options = SyncOptions {
+        progress: true,
+        ..Default::default()
+    };
+    let report = sync_once(&cfg, pool.clone(), served.relays.clone(), &options, None).await?;
+    let peak = peak_rss_mib();
+    let others_cpu = ((machine_busy_secs() - busy0) - (own_cpu_secs() - own0)).max(0.0);
+    let resync = match spec.resync {
+        true => Some(resync(&cfg, &pool, served.relays.clone()).await?),
+        false => None,
+    };
+    // The relays are done: stop them before the checks, so they take no CPU from the refresher.
+    served.children = Relays(Vec::new());
+
+    // The analytics lag when the sync ended, and how long the refresher took to fold the rest.
+    let lag_end = crate::analytics::lag(&pool).await?;
+    let caught_up = match refresher {
+        Some(task) => analytics_catch_up(&pool, task, stop_tx).await?,
+        None => None,
+    };
+    let (n, sightings) = check_archive(&pool, &served, caught_up.is_some()).await?;
+    if let (false, Some(pg)) = (spec.keep, &embedded) {
+        drop(pool);
+        drop_bench_database(pg, &url).await;
     }
 
     let frames: u64 = report.relays.iter().map(|r| r.received).sum();
@@ -667,7 +704,7 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
         sightings: sightings as u64,
         sightings_per_sec: sightings as f64 / secs,
         sightings_without_body: report.relays.iter().map(|r| r.sightings_without_body).sum(),
-        wire_bytes: wire(&report),
+        wire_bytes: wire_bytes(&report),
         neg_bytes: report.relays.iter().map(|r| r.neg_bytes).sum(),
         resync,
         verified: report.verified,
