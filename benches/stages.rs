@@ -209,7 +209,9 @@ fn bench_sink(c: &mut Criterion) {
             |bt| {
                 rt.block_on(async {
                     let mut c = pool.get().await.expect("conn");
-                    sink::write_batch(&mut c, &bt).await.expect("write")
+                    sink::write_batch(&mut c, &bt, sink::Keep::Bodies)
+                        .await
+                        .expect("write")
                 })
             },
             BatchSize::LargeInput,

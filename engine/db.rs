@@ -21,7 +21,7 @@ const MIGRATION_LOCK_KEY: i64 = 0x6262_7472_6d69_6772;
 const RELAY_CHUNK: usize = 1000;
 
 /// The schema files, in application order.
-static MIGRATIONS: [(i32, &str, &str); 13] = [
+static MIGRATIONS: &[(i32, &str, &str)] = &[
     (
         1,
         "extensions_and_utils",
@@ -55,6 +55,11 @@ static MIGRATIONS: [(i32, &str, &str); 13] = [
     ),
     (12, "reconcile", include_str!("../sql/012_reconcile.sql")),
     (13, "tag_index", include_str!("../sql/013_tag_index.sql")),
+    (
+        16,
+        "metadata_only",
+        include_str!("../sql/016_metadata_only.sql"),
+    ),
 ];
 
 /// Opens a pool of `size` connections to `url` (a libpq-style key=value string or a postgres:// URL); fails fast with a message naming the URL (password masked) if the server is unreachable.
@@ -88,9 +93,53 @@ pub async fn connect(url: &str, size: u32) -> anyhow::Result<Pool> {
         .with_context(|| format!("cannot open a connection pool to PostgreSQL at {shown}"))
 }
 
+/// Records whether the archive keeps whole events (`bodies`) at its first start, and refuses
+/// a start under the other setting: an archive half whole and half metadata-only would answer
+/// some queries with events and others without. `file` is the configuration's name, for the
+/// error. An archive that already holds events from before the mode was recorded keeps them
+/// whole.
+pub async fn ensure_archive_mode(pool: &Pool, bodies: bool, file: &str) -> anyhow::Result<()> {
+    let conn = pool
+        .get()
+        .await
+        .context("cannot get a database connection to check the archive mode")?;
+    let row = conn
+        .query_one(
+            "WITH rec AS ( \
+                 INSERT INTO service_state (service_name, state_key, payload, updated_at) \
+                 SELECT 'archive', 'mode', \
+                        jsonb_build_object('bodies', EXISTS (SELECT 1 FROM events) OR $1), \
+                        now_epoch() \
+                 ON CONFLICT (service_name, state_key) DO NOTHING \
+                 RETURNING payload) \
+             SELECT coalesce((SELECT (payload->>'bodies')::BOOLEAN FROM rec), \
+                             (SELECT (payload->>'bodies')::BOOLEAN FROM service_state \
+                              WHERE service_name = 'archive' AND state_key = 'mode'))",
+            &[&bodies],
+        )
+        .await
+        .context("cannot read or record the archive mode")?;
+    let recorded: Option<bool> = row.get(0);
+    match recorded {
+        Some(r) if r != bodies => {
+            let (was, what) = match r {
+                true => ("true", "keeps whole events"),
+                false => ("false", "is metadata-only"),
+            };
+            anyhow::bail!(
+                "{file}: key `archive.bodies` is {bodies}, but this archive {what} (it was \
+                 created with archive.bodies = {was}): an existing archive cannot be switched; \
+                 set archive.bodies = {was}, or point the engine at a new database"
+            )
+        }
+        Some(_) => Ok(()),
+        None => anyhow::bail!("the archive mode record in service_state is malformed"),
+    }
+}
+
 /// The migrations compiled into the binary: (version, name, sql) from include_str! of each sql/ file, in order.
 pub fn migrations() -> &'static [(i32, &'static str, &'static str)] {
-    &MIGRATIONS
+    MIGRATIONS
 }
 
 /// Applies pending migrations in order, each in its own transaction, under a pg_advisory_xact_lock / pg_advisory_lock so two engines starting at once do not race; records each in schema_migrations(version INT PRIMARY KEY, name TEXT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now()); re-running is a no-op. Returns the versions it applied.

@@ -323,6 +323,9 @@ fn event_from_row(r: &tokio_postgres::Row) -> Result<Event, String> {
     let (tags, content) = stored_tags_and_content(r).map_err(|e| match e {
         StoredError::Db(e) => db_error(&e),
         StoredError::Malformed(column) => bad(&format!("malformed {column}")),
+        StoredError::NoBody => {
+            "this archive is metadata-only: it keeps no event bodies to return".to_string()
+        }
     })?;
     let fixed =
         |col: usize| -> Result<Vec<u8>, String> { r.try_get(col).map_err(|e| db_error(&e)) };

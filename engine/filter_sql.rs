@@ -238,6 +238,9 @@ pub enum StoredError {
     Db(tokio_postgres::Error),
     /// The stored text does not parse: which column.
     Malformed(&'static str),
+    /// The row has no tags, content or signature: a metadata-only archive (`[archive]
+    /// bodies = false`).
+    NoBody,
 }
 
 impl From<tokio_postgres::Error> for StoredError {
@@ -269,7 +272,9 @@ pub fn stored_tags_and_content(
             Ok((tags, content))
         }
         None => {
-            let text: String = r.try_get(4)?;
+            let Some(text) = r.try_get::<_, Option<String>>(4)? else {
+                return Err(StoredError::NoBody);
+            };
             let tags = serde_json::from_str(&text).map_err(|_| StoredError::Malformed("tags"))?;
             Ok((tags, r.try_get(5)?))
         }

@@ -73,6 +73,7 @@ pub async fn open_database(cfg: &config::Config) -> anyhow::Result<Archive> {
     if !applied.is_empty() {
         tracing::info!(?applied, "applied schema migrations");
     }
+    db::ensure_archive_mode(&pool, cfg.archive.bodies, &cfg.name()).await?;
     Ok(Archive {
         pool,
         embedded,

@@ -46,7 +46,7 @@ pub async fn step(pool: &Pool, batch: i64) -> anyhow::Result<Option<u64>> {
         .unwrap_or_default();
     let rows = tx
         .query(
-            "SELECT id, created_at, kind, tags::text, raw_canonical FROM events \
+            "SELECT id, created_at, kind, coalesce(tags::text, '[]'), raw_canonical FROM events \
              WHERE id > $1 ORDER BY id LIMIT $2",
             &[&after, &batch],
         )

@@ -21,6 +21,17 @@ pub type Pool = bb8::Pool<bb8_postgres::PostgresConnectionManager<tokio_postgres
 /// Service name under which relay cursors are stored in `service_state`.
 pub const CURSOR_SERVICE: &str = "synchronizer";
 
+/// What of an event the archive keeps (`[archive] bodies`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Keep {
+    /// The whole event as signed.
+    #[default]
+    Bodies,
+    /// Id, author, time, kind, tag-index rows and provenance: `tags`, `content` and `sig`
+    /// are not stored (every event is still verified before it gets here).
+    Metadata,
+}
+
 /// Sink counters.
 #[derive(Debug, Default)]
 pub struct SinkStats {
@@ -281,10 +292,23 @@ const SIGHTING_TYPES: [Type; 4] = [Type::BYTEA, Type::TEXT, Type::INT8, Type::IN
 async fn copy_event(
     w: std::pin::Pin<&mut BinaryCopyInWriter>,
     ev: &Event,
+    keep: Keep,
     scratch: &mut Vec<u8>,
 ) -> Result<(), tokio_postgres::Error> {
     let kind = i32::from(ev.kind);
-    if ev.has_nul() {
+    if keep == Keep::Metadata {
+        w.write(&[
+            &&ev.id[..],
+            &&ev.pubkey[..],
+            &ev.created_at,
+            &kind,
+            &None::<Jsonb<'_>>,
+            &None::<&str>,
+            &None::<&[u8]>,
+            &None::<&str>,
+        ])
+        .await
+    } else if ev.has_nul() {
         // Stored losslessly: the exact canonical serialization (NUL escaped as \u0000, so it
         // is valid text) next to a queryable copy with U+0000 replaced.
         ev.canonical_into(scratch);
@@ -323,6 +347,7 @@ async fn copy_event(
 async fn copy_direct(
     tx: &tokio_postgres::Transaction<'_>,
     batch: &Batch,
+    keep: Keep,
 ) -> Result<(u64, u64), tokio_postgres::Error> {
     let mut scratch = Vec::new();
     let mut events = 0;
@@ -336,7 +361,7 @@ async fn copy_direct(
         let w = BinaryCopyInWriter::new(sink, &EVENT_TYPES);
         tokio::pin!(w);
         for ev in &batch.events {
-            copy_event(w.as_mut(), ev, &mut scratch).await?;
+            copy_event(w.as_mut(), ev, keep, &mut scratch).await?;
         }
         events = w.finish().await?;
         // Every event is new here (else the COPY above failed): all their tags are too.
@@ -384,26 +409,27 @@ pub enum WriteMode {
 pub async fn write_batch_adaptive(
     client: &mut tokio_postgres::Client,
     batch: &Batch,
+    keep: Keep,
     try_direct: bool,
 ) -> Result<(u64, u64, WriteMode), tokio_postgres::Error> {
     if try_direct {
         let tx = client.transaction().await?;
         tx.batch_execute("SAVEPOINT bb_direct").await?;
-        match copy_direct(&tx, batch).await {
+        match copy_direct(&tx, batch, keep).await {
             Ok((e, s)) => {
                 tx.commit().await?;
                 return Ok((e, s, WriteMode::Direct));
             }
             Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
                 tx.batch_execute("ROLLBACK TO SAVEPOINT bb_direct").await?;
-                let (e, s) = write_staged(&tx, batch).await?;
+                let (e, s) = write_staged(&tx, batch, keep).await?;
                 tx.commit().await?;
                 return Ok((e, s, WriteMode::Staged));
             }
             Err(err) => return Err(err),
         }
     }
-    let (e, s) = write_batch(client, batch).await?;
+    let (e, s) = write_batch(client, batch, keep).await?;
     Ok((e, s, WriteMode::Staged))
 }
 
@@ -412,9 +438,10 @@ pub async fn write_batch_adaptive(
 pub async fn write_batch(
     client: &mut tokio_postgres::Client,
     batch: &Batch,
+    keep: Keep,
 ) -> Result<(u64, u64), tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let r = write_staged(&tx, batch).await?;
+    let r = write_staged(&tx, batch, keep).await?;
     tx.commit().await?;
     Ok(r)
 }
@@ -422,6 +449,7 @@ pub async fn write_batch(
 async fn write_staged(
     tx: &tokio_postgres::Transaction<'_>,
     batch: &Batch,
+    keep: Keep,
 ) -> Result<(u64, u64), tokio_postgres::Error> {
     tx.batch_execute(CREATE_STAGING).await?;
     let mut scratch = Vec::new();
@@ -432,7 +460,7 @@ async fn write_staged(
         let w = BinaryCopyInWriter::new(sink, &EVENT_TYPES);
         tokio::pin!(w);
         for ev in &batch.events {
-            copy_event(w.as_mut(), ev, &mut scratch).await?;
+            copy_event(w.as_mut(), ev, keep, &mut scratch).await?;
         }
         w.finish().await?;
     }
@@ -594,6 +622,7 @@ pub async fn run(
     cursors: flume::Receiver<Relay>,
     stats: Arc<SinkStats>,
     writers: usize,
+    keep: Keep,
 ) {
     let writers = writers.max(1);
     let mut input_open = true;
@@ -609,7 +638,7 @@ pub async fn run(
                     let try_direct = staged_for == 0;
                     staged_for = staged_for.saturating_sub(1);
                     in_flight.push(async move {
-                        let mode = commit_with_retry(&pool, &batch, &stats, try_direct).await;
+                        let mode = commit_with_retry(&pool, &batch, keep, &stats, try_direct).await;
                         (batch, try_direct && mode == WriteMode::Staged)
                     });
                 }
@@ -637,6 +666,7 @@ const STAGED_AFTER_FALLBACK: u32 = 16;
 async fn commit_with_retry(
     pool: &Pool,
     batch: &Batch,
+    keep: Keep,
     stats: &SinkStats,
     try_direct: bool,
 ) -> WriteMode {
@@ -646,7 +676,7 @@ async fn commit_with_retry(
         let res = match pool.get().await {
             Ok(mut c) => {
                 let c: &mut Conn<'_> = &mut c;
-                write_batch_adaptive(c, batch, try_direct)
+                write_batch_adaptive(c, batch, keep, try_direct)
                     .await
                     .map_err(|e| e.to_string())
             }

@@ -7,6 +7,7 @@
 //! checked once, at load; the conversions then only translate.
 
 mod analytics;
+mod archive;
 mod database;
 mod dvm;
 mod finder;
@@ -19,6 +20,7 @@ mod sync;
 mod types;
 
 pub use analytics::Analytics;
+pub use archive::Archive;
 pub use database::{Database, Embedded};
 pub use dvm::Dvm;
 pub use finder::{Finder, FinderHttp, Seeds};
@@ -64,6 +66,8 @@ pub struct Config {
     pub dvm: Dvm,
     /// How long a stop may take.
     pub shutdown: Shutdown,
+    /// What of each event is kept (whole, or metadata only).
+    pub archive: Archive,
     /// The file this was read from (for error messages).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -128,7 +132,8 @@ impl Config {
         })
     }
 
-    fn name(&self) -> String {
+    /// The file this configuration was read from, or "(built-in defaults)": for error messages.
+    pub fn name(&self) -> String {
         match &self.source {
             Some(p) => p.display().to_string(),
             None => "(built-in defaults)".into(),
@@ -286,6 +291,11 @@ mod tests {
                 "shutdown",
                 format!("{:?}", shipped.shutdown),
                 format!("{:?}", defaults.shutdown),
+            ),
+            (
+                "archive",
+                format!("{:?}", shipped.archive),
+                format!("{:?}", defaults.archive),
             ),
         ] {
             assert_eq!(

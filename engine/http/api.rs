@@ -890,7 +890,7 @@ impl EventFilter {
             "WITH k AS (
                  SELECT e.id, e.created_at,
                         coalesce(octet_length(e.raw_canonical),
-                                 octet_length(e.content) + octet_length(e.tags::text)) + 200 AS sz
+                                 octet_length(e.content) + octet_length(e.tags::text), 0) + 200 AS sz
                  FROM {} WHERE TRUE{}",
             f.from, f.conditions
         );
@@ -918,7 +918,8 @@ impl EventFilter {
     }
 }
 
-/// A Nostr event as NIP-01 JSON; its id and signature verify.
+/// A Nostr event as NIP-01 JSON; its id and signature verify. A metadata-only archive
+/// (`[archive] bodies = false`) answers without `tags`, `content` and `sig`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct NostrEvent {
     /// sha256 of the canonical serialization, hex.
@@ -929,12 +930,15 @@ pub struct NostrEvent {
     pub created_at: i64,
     /// Event kind.
     pub kind: i32,
-    /// Tags.
-    pub tags: Vec<Vec<String>>,
-    /// Content.
-    pub content: String,
-    /// BIP-340 signature, hex.
-    pub sig: String,
+    /// Tags (absent in a metadata-only archive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<Vec<String>>>,
+    /// Content (absent in a metadata-only archive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// BIP-340 signature, hex (absent in a metadata-only archive).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sig: Option<String>,
 }
 
 /// A page of events, newest first.
@@ -952,12 +956,18 @@ pub struct EventsPage {
 /// Rebuilds the NIP-01 event of an `events` row (see [`stored_tags_and_content`]).
 fn event_from_row(r: &tokio_postgres::Row) -> Result<NostrEvent, ApiError> {
     let id: Vec<u8> = r.try_get(0)?;
-    let (tags, content) = stored_tags_and_content(r).map_err(|e| match e {
-        StoredError::Db(e) => ApiError::from(e),
-        StoredError::Malformed(column) => {
-            ApiError::internal(&format!("stored event has a malformed {column}"), &column)
+    let body = match stored_tags_and_content(r) {
+        Ok(b) => Some(b),
+        Err(StoredError::NoBody) => None,
+        Err(StoredError::Db(e)) => return Err(ApiError::from(e)),
+        Err(StoredError::Malformed(column)) => {
+            return Err(ApiError::internal(
+                &format!("stored event has a malformed {column}"),
+                &column,
+            ))
         }
-    })?;
+    };
+    let (tags, content) = body.unzip();
     Ok(NostrEvent {
         id: hex::encode(&id),
         pubkey: hex::encode(r.try_get::<_, Vec<u8>>(1)?),
@@ -965,7 +975,7 @@ fn event_from_row(r: &tokio_postgres::Row) -> Result<NostrEvent, ApiError> {
         kind: r.try_get(3)?,
         tags,
         content,
-        sig: hex::encode(r.try_get::<_, Vec<u8>>(6)?),
+        sig: r.try_get::<_, Option<Vec<u8>>>(6)?.map(hex::encode),
     })
 }
 

@@ -256,7 +256,8 @@ pub(crate) async fn archive_page(
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = c
         .query(
-            "SELECT id, kind, tags::TEXT, CASE WHEN kind = 3 THEN content END
+            // A metadata-only archive keeps no tags (NULL): nothing to mine there.
+            "SELECT id, kind, coalesce(tags::TEXT, '[]'), CASE WHEN kind = 3 THEN content END
              FROM events WHERE id > $1 ORDER BY id LIMIT $2",
             &[&after, &limit],
         )
