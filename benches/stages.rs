@@ -209,7 +209,7 @@ fn bench_sink(c: &mut Criterion) {
             |bt| {
                 rt.block_on(async {
                     let mut c = pool.get().await.expect("conn");
-                    sink::write_batch(&mut c, &bt, sink::Keep::Bodies)
+                    sink::write_batch(&mut c, &bt, sink::Layout::default())
                         .await
                         .expect("write")
                 })

@@ -621,6 +621,7 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
     let pool = crate::db::connect(&url, cfg.database.pool_size).await?;
     crate::db::migrate(&pool).await?;
     crate::db::ensure_archive_mode(&pool, cfg.archive.bodies, "bench").await?;
+    crate::tag_backfill::configure(&pool, cfg.archive.tag_index).await?;
     let mut cfg = cfg.clone();
     cfg.sync.allow_local = true;
     cfg.database.url = url.clone();

@@ -74,6 +74,7 @@ pub async fn open_database(cfg: &config::Config) -> anyhow::Result<Archive> {
         tracing::info!(?applied, "applied schema migrations");
     }
     db::ensure_archive_mode(&pool, cfg.archive.bodies, &cfg.name()).await?;
+    tag_backfill::configure(&pool, cfg.archive.tag_index).await?;
     Ok(Archive {
         pool,
         embedded,

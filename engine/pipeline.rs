@@ -115,7 +115,7 @@ impl Pipeline {
                     cursor_rx,
                     sink_stats.clone(),
                     p.sink_writers,
-                    cfg.archive.keep(),
+                    cfg.archive.layout(),
                 ),
             ),
         ];

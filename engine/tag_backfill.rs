@@ -36,7 +36,8 @@ pub async fn step(pool: &Pool, batch: i64) -> anyhow::Result<Option<u64>> {
         return Ok(None);
     };
     let payload: serde_json::Value = state.get(0);
-    if payload.get("done").and_then(|v| v.as_bool()) == Some(true) {
+    let off = payload.get("off").and_then(|v| v.as_bool()) == Some(true);
+    if off || payload.get("done").and_then(|v| v.as_bool()) == Some(true) {
         return Ok(None);
     }
     let after = payload
@@ -95,6 +96,31 @@ pub async fn step(pool: &Pool, batch: i64) -> anyhow::Result<Option<u64>> {
         tracing::info!("tag index: backfill finished; tag filters now use event_tags");
     }
     Ok(Some(rows.len() as u64))
+}
+
+/// Turns the tag index off or on as `[archive] tag_index` says, at start. Off: tag filters
+/// stop using it at once (they scan `events.tags`) and the backfill does not run. On again
+/// after being off: the events archived meanwhile have no rows, so the backfill walks the
+/// whole archive again (rows already there are absorbed) and tag filters scan until it is
+/// done. Every process writing to one archive must agree on the setting.
+pub async fn configure(pool: &Pool, on: bool) -> anyhow::Result<()> {
+    let conn = pool.get().await?;
+    let sql = if on {
+        "UPDATE service_state SET payload = jsonb_build_object('done', false, 'after', ''), \
+         updated_at = now_epoch() \
+         WHERE service_name = $1 AND state_key = '' AND (payload->>'off')::boolean IS TRUE"
+    } else {
+        "UPDATE service_state SET payload = jsonb_build_object('done', false, 'after', '', 'off', true), \
+         updated_at = now_epoch() \
+         WHERE service_name = $1 AND state_key = '' AND (payload->>'off')::boolean IS NOT TRUE"
+    };
+    if conn.execute(sql, &[&SERVICE]).await? > 0 {
+        match on {
+            true => tracing::info!("tag index turned on: indexing the archive in the background"),
+            false => tracing::info!("tag index turned off: tag filters scan events.tags"),
+        }
+    }
+    Ok(())
 }
 
 /// The index keys of an event from its canonical serialization

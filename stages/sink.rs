@@ -21,15 +21,23 @@ pub type Pool = bb8::Pool<bb8_postgres::PostgresConnectionManager<tokio_postgres
 /// Service name under which relay cursors are stored in `service_state`.
 pub const CURSOR_SERVICE: &str = "synchronizer";
 
-/// What of an event the archive keeps (`[archive] bodies`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Keep {
-    /// The whole event as signed.
-    #[default]
-    Bodies,
-    /// Id, author, time, kind, tag-index rows and provenance: `tags`, `content` and `sig`
-    /// are not stored (every event is still verified before it gets here).
-    Metadata,
+/// What the sink writes of each event (`[archive]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    /// Keep tags, content and sig; false = a metadata-only archive (id, author, time, kind,
+    /// tag-index rows and provenance; every event is still verified before it gets here).
+    pub bodies: bool,
+    /// Write the tag-index rows (`event_tags`) of each new event.
+    pub tag_index: bool,
+}
+
+impl Default for Layout {
+    fn default() -> Self {
+        Layout {
+            bodies: true,
+            tag_index: true,
+        }
+    }
 }
 
 /// Sink counters.
@@ -237,9 +245,13 @@ pub fn tag_keys(tags_json: &str) -> Vec<[u8; 16]> {
     )
 }
 
-/// One `event_tags` row per key of each event of a batch: (key, index of the event).
-fn batch_tag_rows(events: &[Event]) -> Vec<([u8; 16], usize)> {
+/// One `event_tags` row per key of each event of a batch: (key, index of the event); none
+/// when the tag index is off.
+fn batch_tag_rows(events: &[Event], layout: Layout) -> Vec<([u8; 16], usize)> {
     let mut rows = Vec::new();
+    if !layout.tag_index {
+        return rows;
+    }
     for (i, ev) in events.iter().enumerate() {
         rows.extend(tag_keys(&ev.tags_json).into_iter().map(|k| (k, i)));
     }
@@ -292,11 +304,11 @@ const SIGHTING_TYPES: [Type; 4] = [Type::BYTEA, Type::TEXT, Type::INT8, Type::IN
 async fn copy_event(
     w: std::pin::Pin<&mut BinaryCopyInWriter>,
     ev: &Event,
-    keep: Keep,
+    layout: Layout,
     scratch: &mut Vec<u8>,
 ) -> Result<(), tokio_postgres::Error> {
     let kind = i32::from(ev.kind);
-    if keep == Keep::Metadata {
+    if !layout.bodies {
         w.write(&[
             &&ev.id[..],
             &&ev.pubkey[..],
@@ -347,7 +359,7 @@ async fn copy_event(
 async fn copy_direct(
     tx: &tokio_postgres::Transaction<'_>,
     batch: &Batch,
-    keep: Keep,
+    layout: Layout,
 ) -> Result<(u64, u64), tokio_postgres::Error> {
     let mut scratch = Vec::new();
     let mut events = 0;
@@ -361,11 +373,11 @@ async fn copy_direct(
         let w = BinaryCopyInWriter::new(sink, &EVENT_TYPES);
         tokio::pin!(w);
         for ev in &batch.events {
-            copy_event(w.as_mut(), ev, keep, &mut scratch).await?;
+            copy_event(w.as_mut(), ev, layout, &mut scratch).await?;
         }
         events = w.finish().await?;
         // Every event is new here (else the COPY above failed): all their tags are too.
-        let tags = batch_tag_rows(&batch.events);
+        let tags = batch_tag_rows(&batch.events, layout);
         if !tags.is_empty() {
             copy_tags(tx, "event_tags", &batch.events, &tags).await?;
         }
@@ -409,27 +421,27 @@ pub enum WriteMode {
 pub async fn write_batch_adaptive(
     client: &mut tokio_postgres::Client,
     batch: &Batch,
-    keep: Keep,
+    layout: Layout,
     try_direct: bool,
 ) -> Result<(u64, u64, WriteMode), tokio_postgres::Error> {
     if try_direct {
         let tx = client.transaction().await?;
         tx.batch_execute("SAVEPOINT bb_direct").await?;
-        match copy_direct(&tx, batch, keep).await {
+        match copy_direct(&tx, batch, layout).await {
             Ok((e, s)) => {
                 tx.commit().await?;
                 return Ok((e, s, WriteMode::Direct));
             }
             Err(err) if err.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
                 tx.batch_execute("ROLLBACK TO SAVEPOINT bb_direct").await?;
-                let (e, s) = write_staged(&tx, batch, keep).await?;
+                let (e, s) = write_staged(&tx, batch, layout).await?;
                 tx.commit().await?;
                 return Ok((e, s, WriteMode::Staged));
             }
             Err(err) => return Err(err),
         }
     }
-    let (e, s) = write_batch(client, batch, keep).await?;
+    let (e, s) = write_batch(client, batch, layout).await?;
     Ok((e, s, WriteMode::Staged))
 }
 
@@ -438,10 +450,10 @@ pub async fn write_batch_adaptive(
 pub async fn write_batch(
     client: &mut tokio_postgres::Client,
     batch: &Batch,
-    keep: Keep,
+    layout: Layout,
 ) -> Result<(u64, u64), tokio_postgres::Error> {
     let tx = client.transaction().await?;
-    let r = write_staged(&tx, batch, keep).await?;
+    let r = write_staged(&tx, batch, layout).await?;
     tx.commit().await?;
     Ok(r)
 }
@@ -449,7 +461,7 @@ pub async fn write_batch(
 async fn write_staged(
     tx: &tokio_postgres::Transaction<'_>,
     batch: &Batch,
-    keep: Keep,
+    layout: Layout,
 ) -> Result<(u64, u64), tokio_postgres::Error> {
     tx.batch_execute(CREATE_STAGING).await?;
     let mut scratch = Vec::new();
@@ -460,11 +472,11 @@ async fn write_staged(
         let w = BinaryCopyInWriter::new(sink, &EVENT_TYPES);
         tokio::pin!(w);
         for ev in &batch.events {
-            copy_event(w.as_mut(), ev, keep, &mut scratch).await?;
+            copy_event(w.as_mut(), ev, layout, &mut scratch).await?;
         }
         w.finish().await?;
     }
-    let tags = batch_tag_rows(&batch.events);
+    let tags = batch_tag_rows(&batch.events, layout);
     if !tags.is_empty() {
         copy_tags(tx, "bb_stage_tags", &batch.events, &tags).await?;
     }
@@ -622,7 +634,7 @@ pub async fn run(
     cursors: flume::Receiver<Relay>,
     stats: Arc<SinkStats>,
     writers: usize,
-    keep: Keep,
+    layout: Layout,
 ) {
     let writers = writers.max(1);
     let mut input_open = true;
@@ -638,7 +650,7 @@ pub async fn run(
                     let try_direct = staged_for == 0;
                     staged_for = staged_for.saturating_sub(1);
                     in_flight.push(async move {
-                        let mode = commit_with_retry(&pool, &batch, keep, &stats, try_direct).await;
+                        let mode = commit_with_retry(&pool, &batch, layout, &stats, try_direct).await;
                         (batch, try_direct && mode == WriteMode::Staged)
                     });
                 }
@@ -666,7 +678,7 @@ const STAGED_AFTER_FALLBACK: u32 = 16;
 async fn commit_with_retry(
     pool: &Pool,
     batch: &Batch,
-    keep: Keep,
+    layout: Layout,
     stats: &SinkStats,
     try_direct: bool,
 ) -> WriteMode {
@@ -676,7 +688,7 @@ async fn commit_with_retry(
         let res = match pool.get().await {
             Ok(mut c) => {
                 let c: &mut Conn<'_> = &mut c;
-                write_batch_adaptive(c, batch, keep, try_direct)
+                write_batch_adaptive(c, batch, layout, try_direct)
                     .await
                     .map_err(|e| e.to_string())
             }

@@ -105,7 +105,7 @@ async fn syncs_an_onion_relay_through_socks5() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_copy_falls_back_when_rows_exist() {
     use bigbrotr::stages::model::{Batch, CursorState, Event, RelayCtx, Sighting, Ticket};
-    use bigbrotr::stages::sink::{write_batch_adaptive, Keep, WriteMode};
+    use bigbrotr::stages::sink::{write_batch_adaptive, Layout, WriteMode};
     let (pool, _) = test_db().await;
     let relay = RelayCtx::new(relay_url("ws://127.0.0.1:9"), CursorState::default());
     let make = |evs: &[bigbrotr_testkit::gen::GenEvent]| {
@@ -130,13 +130,13 @@ async fn direct_copy_falls_back_when_rows_exist() {
     let events = generate(&spec(300, 21));
     let first = make(&events[..200]);
     let mut c = pool.get().await.expect("conn");
-    let r = write_batch_adaptive(&mut c, &first, Keep::Bodies, true)
+    let r = write_batch_adaptive(&mut c, &first, Layout::default(), true)
         .await
         .expect("write");
     assert_eq!(r, (200, 200, WriteMode::Direct));
     // Overlaps the first batch: the direct attempt meets existing rows and falls back.
     let second = make(&events[100..]);
-    let r = write_batch_adaptive(&mut c, &second, Keep::Bodies, true)
+    let r = write_batch_adaptive(&mut c, &second, Layout::default(), true)
         .await
         .expect("write");
     assert_eq!(r, (100, 100, WriteMode::Staged));

@@ -239,3 +239,86 @@ async fn backfill_keeps_answers_while_writes_go_on() {
         .sum();
     assert_eq!(rows as usize, want);
 }
+
+/// `[archive] tag_index = false`: the sink writes no rows and tag filters scan (still equal to
+/// the brute force); turned on again, the backfill indexes what was archived meanwhile and
+/// filters use the index again, with every row there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tag_index_can_be_turned_off_and_on_again() {
+    let (pool, db) = test_db().await;
+    let evs = corpus();
+    let (old, new) = evs.split_at(200);
+    sync(&pool, &db, old).await;
+    let rows = |pool: bigbrotr::db::Pool| async move {
+        pool.get()
+            .await
+            .expect("conn")
+            .query_one("SELECT count(*) FROM event_tags", &[])
+            .await
+            .expect("count")
+            .get::<_, i64>(0)
+    };
+    let indexed_old = rows(pool.clone()).await;
+    assert!(indexed_old > 0);
+
+    bigbrotr::tag_backfill::configure(&pool, false)
+        .await
+        .expect("off");
+    assert!(!tag_index_ready(&pool.get().await.expect("conn")).await);
+    let mut cfg = config(&db);
+    cfg.archive.tag_index = false;
+    let relay = TestRelay::start(
+        new.iter().map(|e| e.gen.clone()).collect(),
+        Behavior::default(),
+    )
+    .await
+    .expect("relay");
+    sync_once(
+        &cfg,
+        pool.clone(),
+        vec![relay_url(&relay.url())],
+        &SyncOptions::default(),
+        None,
+    )
+    .await
+    .expect("sync");
+    assert_eq!(
+        rows(pool.clone()).await,
+        indexed_old,
+        "no rows written while off"
+    );
+    // The backfill does not run while the index is off; answers come from the scan.
+    let (_tx, rx) = tokio::sync::watch::channel(false);
+    bigbrotr::tag_backfill::run(pool.clone(), rx.clone()).await;
+    assert!(!tag_index_ready(&pool.get().await.expect("conn")).await);
+    check(&pool, &evs, false).await;
+
+    bigbrotr::tag_backfill::configure(&pool, true)
+        .await
+        .expect("on");
+    assert!(!tag_index_ready(&pool.get().await.expect("conn")).await);
+    bigbrotr::tag_backfill::run(pool.clone(), rx).await;
+    assert!(tag_index_ready(&pool.get().await.expect("conn")).await);
+    check(&pool, &evs, true).await;
+    assert!(rows(pool.clone()).await > indexed_old);
+    // Configuring the same setting again changes nothing.
+    bigbrotr::tag_backfill::configure(&pool, true)
+        .await
+        .expect("on again");
+    assert!(tag_index_ready(&pool.get().await.expect("conn")).await);
+}
+
+/// A metadata-only archive keeps its tags only in the tag index: turning both off is refused.
+#[test]
+fn a_metadata_only_archive_needs_the_tag_index() {
+    let e = bigbrotr::config::Config::parse(
+        "[archive]\nbodies = false\ntag_index = false\n",
+        std::path::Path::new("x.toml"),
+    )
+    .and_then(|mut c| {
+        c.source = Some("x.toml".into());
+        c.validate()
+    })
+    .expect_err("refused");
+    assert!(format!("{e:#}").contains("archive.tag_index"), "{e:#}");
+}

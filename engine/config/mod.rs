@@ -189,6 +189,7 @@ impl Config {
         self.monitor.validate(&f)?;
         self.analytics.validate(&f)?;
         self.dvm.validate(&f)?;
+        self.archive.validate(&f)?;
         check_all(
             &f,
             &[
