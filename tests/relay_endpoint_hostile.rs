@@ -261,7 +261,7 @@ async fn oversized_slow_excess_and_idle_clients_do_not_stop_the_server() {
         h.relay_max_message_bytes = 65_536;
         h.relay_max_outbound_bytes = 65_536;
         h.relay_max_connections = 4;
-        h.relay_idle_timeout_ms = 3_000;
+        h.relay_idle_timeout_ms = 10_000;
         h.max_limit = 500;
     })
     .await;
@@ -287,7 +287,10 @@ async fn oversized_slow_excess_and_idle_clients_do_not_stop_the_server() {
     let stream = sock.connect(server.addr()).await.expect("tcp");
     let (mut slow, _) = tokio::time::timeout(
         WAIT,
-        tokio_tungstenite::client_async(format!("ws://{}/", server.addr()), stream),
+        tokio_tungstenite::client_async(
+            format!("ws://{}/", server.addr()),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        ),
     )
     .await
     .expect("in time")
