@@ -60,6 +60,9 @@ const NEG_PER_CONNECTION: usize = 2;
 /// Longest the endpoint waits for a pooled connection before a query is refused.
 const CHECKOUT: Duration = Duration::from_secs(5);
 
+/// Longest a closing connection waits for its queued messages to be taken.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
 /// Longest an answer waits for room in a client's full outbound queue (at most the idle
 /// timeout) before the client is taken as not reading and closed: the query holds one of the
 /// API's few database connections meanwhile.
@@ -408,10 +411,14 @@ impl Session {
             tracing::debug!("relay client does not read its answers: closed");
             writer.abort();
         } else {
-            // Let what is queued go (bounded by the queue and the idle timeout), then close.
+            // Let what is queued go (a NOTICE, the end of an answer), then close; a client
+            // that does not take it within FINAL_FLUSH is dropped.
             drop(out);
             let abort = writer.abort_handle();
-            if tokio::time::timeout(idle, writer).await.is_err() {
+            if tokio::time::timeout(idle.min(FINAL_FLUSH), writer)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
