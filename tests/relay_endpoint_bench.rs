@@ -66,9 +66,11 @@ async fn rest_once(c: &reqwest::Client, base: &str, q: &str) -> (f64, usize) {
 }
 
 async fn connect(addr: &str) -> Ws {
+    // Nagle off, as on the server: a REQ written right after a CLOSE must not wait for the
+    // CLOSE's (delayed) ACK.
     tokio::time::timeout(
         WAIT,
-        tokio_tungstenite::connect_async(format!("ws://{addr}/")),
+        tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/"), None, true),
     )
     .await
     .expect("in time")
@@ -180,6 +182,39 @@ async fn archive_as_a_relay_latency() {
         .build()
         .expect("client");
     println!("archive: {total} events");
+    {
+        // Transport alone: a message answered without the database.
+        let mut ws = connect(&server.addr().to_string()).await;
+        let mut t_ms = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            ws.send(Message::Text("[\"PING\"]".to_string().into()))
+                .await
+                .expect("send");
+            let v = next_text(&mut ws).await;
+            assert_eq!(v[0], "NOTICE");
+            t_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        println!("NOTICE round trip p50 {:.2} ms", pct(&mut t_ms, 0.5));
+        let mut c_ms = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            ws.send(Message::Text(
+                json!(["COUNT", "c", {"kinds": [65000]}]).to_string().into(),
+            ))
+            .await
+            .expect("send");
+            let v = next_text(&mut ws).await;
+            assert_eq!(v[0], "COUNT");
+            c_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        println!("COUNT (empty) round trip p50 {:.2} ms", pct(&mut c_ms, 0.5));
+        let mut r_ms = Vec::new();
+        for _ in 0..20 {
+            r_ms.push(relay_once(&mut ws, &json!({"kinds": [65000]})).await.0);
+        }
+        println!("REQ (empty) round trip p50 {:.2} ms", pct(&mut r_ms, 0.5));
+    }
     let rounds = std::env::var("BENCH_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
