@@ -117,7 +117,8 @@ struct Want {
     limit: Option<usize>,
 }
 
-/// The matching ids, newest first and ties by lowest id (NIP-01), at most `limit`.
+/// The matching ids, newest first and ties by id descending (the endpoint's order), at most
+/// `limit`.
 fn brute(evs: &[Ev], w: &Want, cap: usize) -> Vec<[u8; 32]> {
     let mut m: Vec<&Ev> = evs
         .iter()
@@ -133,7 +134,7 @@ fn brute(evs: &[Ev], w: &Want, cap: usize) -> Vec<[u8; 32]> {
             })
         })
         .collect();
-    m.sort_by_key(|e| (std::cmp::Reverse(e.gen.created_at), e.gen.id));
+    m.sort_by_key(|e| std::cmp::Reverse((e.gen.created_at, e.gen.id)));
     m.into_iter()
         .take(w.limit.unwrap_or(cap).min(cap))
         .map(|e| e.gen.id)

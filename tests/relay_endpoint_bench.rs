@@ -52,17 +52,22 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
     v[i]
 }
 
-async fn rest_once(c: &reqwest::Client, base: &str, q: &str) -> (f64, usize) {
+/// One REST request: milliseconds and events; `None` when answered 503 (the API's pool of
+/// connections busy past its checkout limit, or the statement timeout).
+async fn rest_once(c: &reqwest::Client, base: &str, q: &str) -> Option<(f64, usize)> {
     let t = Instant::now();
     let r = c
         .get(format!("{base}/api/events?{q}"))
         .send()
         .await
         .expect("request");
+    if r.status().as_u16() == 503 {
+        return None;
+    }
     assert_eq!(r.status().as_u16(), 200, "{q}");
     let v: Value = r.json().await.expect("json");
     let n = v["events"].as_array().map_or(0, Vec::len);
-    (t.elapsed().as_secs_f64() * 1000.0, n)
+    Some((t.elapsed().as_secs_f64() * 1000.0, n))
 }
 
 async fn connect(addr: &str) -> Ws {
@@ -91,7 +96,8 @@ async fn next_text(ws: &mut Ws) -> Value {
     }
 }
 
-async fn relay_once(ws: &mut Ws, filter: &Value) -> (f64, usize) {
+/// One REQ: milliseconds and events; `None` when CLOSED (busy pool or statement timeout).
+async fn relay_once(ws: &mut Ws, filter: &Value) -> Option<(f64, usize)> {
     let t = Instant::now();
     ws.send(Message::Text(
         json!(["REQ", "b", filter]).to_string().into(),
@@ -104,6 +110,7 @@ async fn relay_once(ws: &mut Ws, filter: &Value) -> (f64, usize) {
         match v[0].as_str() {
             Some("EVENT") => n += 1,
             Some("EOSE") => break,
+            Some("CLOSED") => return None,
             _ => panic!("unexpected {v}"),
         }
     }
@@ -111,7 +118,46 @@ async fn relay_once(ws: &mut Ws, filter: &Value) -> (f64, usize) {
     ws.send(Message::Text(json!(["CLOSE", "b"]).to_string().into()))
         .await
         .expect("close");
-    (ms, n)
+    Some((ms, n))
+}
+
+/// Latencies of one case, and the requests refused (503 / CLOSED).
+#[derive(Default)]
+struct Lat {
+    ms: Vec<f64>,
+    failed: usize,
+    events: usize,
+}
+
+impl Lat {
+    fn add(&mut self, r: Option<(f64, usize)>) {
+        match r {
+            Some((ms, n)) => {
+                self.ms.push(ms);
+                self.events += n;
+            }
+            None => self.failed += 1,
+        }
+    }
+
+    fn merge(&mut self, o: Lat) {
+        self.ms.extend(o.ms);
+        self.failed += o.failed;
+        self.events += o.events;
+    }
+
+    fn show(&mut self) -> String {
+        let (p50, p95) = (pct(&mut self.ms, 0.5), pct(&mut self.ms, 0.95));
+        if self.failed > 0 {
+            format!(
+                "{p50:.1} / {p95:.1} ({} of {})",
+                self.failed,
+                self.failed + self.ms.len()
+            )
+        } else {
+            format!("{p50:.1} / {p95:.1}")
+        }
+    }
 }
 
 /// The cases: tag letter, kinds (7 for `#e`, 1 otherwise, as in "Tag index").
@@ -211,7 +257,12 @@ async fn archive_as_a_relay_latency() {
         println!("COUNT (empty) round trip p50 {:.2} ms", pct(&mut c_ms, 0.5));
         let mut r_ms = Vec::new();
         for _ in 0..20 {
-            r_ms.push(relay_once(&mut ws, &json!({"kinds": [65000]})).await.0);
+            r_ms.push(
+                relay_once(&mut ws, &json!({"kinds": [65000]}))
+                    .await
+                    .expect("EOSE")
+                    .0,
+            );
         }
         println!("REQ (empty) round trip p50 {:.2} ms", pct(&mut r_ms, 0.5));
     }
@@ -223,28 +274,27 @@ async fn archive_as_a_relay_latency() {
     for l in ["e", "p", "t"] {
         values.insert(l, hot_values(&pool, l, 30).await);
     }
-    println!("| query | REST p50 / p95 (ms) | relay p50 / p95 (ms) | REST, 50 clients p50 / p95 | relay, 50 clients p50 / p95 | events per answer (mean) |");
+    println!(
+        "| query | REST p50 / p95 (ms) | relay p50 / p95 (ms) | REST, 50 clients p50 / p95 (failed) | relay, 50 clients p50 / p95 (failed) | events per answer (mean) |"
+    );
     println!("|---|---|---|---|---|---|");
-    for (letter, kind) in cases() {
+    let only_neg = std::env::var("BENCH_ONLY_NEG").is_ok();
+    for (letter, kind) in cases().into_iter().filter(|_| !only_neg) {
         let vals = &values[letter];
         // Warm both paths once.
         for v in vals {
             rest_once(&rest, &base, &rest_query(letter, v, kind)).await;
         }
-        let (mut r_ms, mut w_ms, mut found) = (Vec::new(), Vec::new(), 0usize);
+        let (mut r, mut w) = (Lat::default(), Lat::default());
         for _ in 0..rounds {
             for v in vals {
-                let (ms, n) = rest_once(&rest, &base, &rest_query(letter, v, kind)).await;
-                r_ms.push(ms);
-                found += n;
+                r.add(rest_once(&rest, &base, &rest_query(letter, v, kind)).await);
             }
         }
         let mut ws = connect(&addr).await;
         for _ in 0..rounds {
             for v in vals {
-                let (ms, n) = relay_once(&mut ws, &relay_filter(letter, v, kind)).await;
-                w_ms.push(ms);
-                assert!(n <= 100);
+                w.add(relay_once(&mut ws, &relay_filter(letter, v, kind)).await);
             }
         }
         // 50 concurrent clients, each through every value once.
@@ -252,54 +302,46 @@ async fn archive_as_a_relay_latency() {
         for c in 0..50usize {
             let (rest, base, vals) = (rest.clone(), base.clone(), vals.clone());
             tasks.push(tokio::spawn(async move {
-                let mut out = Vec::new();
+                let mut out = Lat::default();
                 for i in 0..vals.len() {
                     let v = &vals[(i + c) % vals.len()];
-                    out.push(
-                        rest_once(&rest, &base, &rest_query(letter, v, kind))
-                            .await
-                            .0,
-                    );
+                    out.add(rest_once(&rest, &base, &rest_query(letter, v, kind)).await);
                 }
                 out
             }));
         }
-        let mut rc = Vec::new();
+        let mut rc = Lat::default();
         for t in tasks {
-            rc.extend(t.await.expect("task"));
+            rc.merge(t.await.expect("task"));
         }
         let mut tasks = Vec::new();
         for c in 0..50usize {
             let (addr, vals) = (addr.clone(), vals.clone());
             tasks.push(tokio::spawn(async move {
                 let mut ws = connect(&addr).await;
-                let mut out = Vec::new();
+                let mut out = Lat::default();
                 for i in 0..vals.len() {
                     let v = &vals[(i + c) % vals.len()];
-                    out.push(relay_once(&mut ws, &relay_filter(letter, v, kind)).await.0);
+                    out.add(relay_once(&mut ws, &relay_filter(letter, v, kind)).await);
                 }
                 out
             }));
         }
-        let mut wc = Vec::new();
+        let mut wc = Lat::default();
         for t in tasks {
-            wc.extend(t.await.expect("task"));
+            wc.merge(t.await.expect("task"));
         }
         let name = match kind {
             Some(k) => format!("`#{letter}` + kinds [{k}]"),
             None => format!("`#{letter}`"),
         };
         println!(
-            "| {name} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.1} / {:.1} | {:.0} |",
-            pct(&mut r_ms, 0.5),
-            pct(&mut r_ms, 0.95),
-            pct(&mut w_ms, 0.5),
-            pct(&mut w_ms, 0.95),
-            pct(&mut rc, 0.5),
-            pct(&mut rc, 0.95),
-            pct(&mut wc, 0.5),
-            pct(&mut wc, 0.95),
-            found as f64 / r_ms.len() as f64,
+            "| {name} | {} | {} | {} | {} | {:.0} |",
+            r.show(),
+            w.show(),
+            rc.show(),
+            wc.show(),
+            r.events as f64 / r.ms.len().max(1) as f64,
         );
     }
 
@@ -346,7 +388,12 @@ async fn archive_as_a_relay_latency() {
     let matching = rows.len();
     drop(rows);
     storage.seal().expect("seal");
-    let mut neg = Negentropy::owned(storage, 60_000).expect("negentropy");
+    // The client's frame limit (bytes before hex; 0 = none): each round's frame stays under it.
+    let frame: u64 = std::env::var("BENCH_NEG_FRAME")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60_000);
+    let mut neg = Negentropy::owned(storage, frame).expect("negentropy");
     let mut ws = connect(&addr).await;
     let mut msg = hex::encode(neg.initiate().expect("initiate"));
     let filter = json!({ "since": since });
@@ -387,7 +434,7 @@ async fn archive_as_a_relay_latency() {
     assert_eq!(need.len(), lacking, "the ids the client lacks");
     assert!(have.is_empty());
     println!(
-        "\nNIP-77: {matching} archived ids, client holds {} (99 %): {} rounds, server time {:.0} ms \
+        "\nNIP-77 (client frame limit {frame}): {matching} archived ids, client holds {} (99 %): {} rounds, server time {:.0} ms \
          (NEG-OPEN with loading the ids {:.0} ms), wall {:.0} ms, {} ids found missing",
         matching - lacking,
         rounds_n,

@@ -50,8 +50,11 @@ fn conditions<'a>(f: &'a Filter, tag_index: bool) -> Conditions<'a> {
     }
 }
 
-/// The events matching `f`, newest first (ties by lowest id, as NIP-01 asks), at most
-/// `limit`, as a stream of rows for [`event_json`]: memory holds one row at a time.
+/// The events matching `f`, newest first, at most `limit`, as a stream of rows for
+/// [`event_json`]: memory holds one row at a time. Ties in `created_at` go by id descending
+/// (as the REST API): that is the order of the tag index (tag, created_at, event_id), read
+/// backwards, so `LIMIT` stops the scan; NIP-01's "lowest id first" would sort every match
+/// of a hot tag value (measured: p50 26-30 ms instead of 4-11 ms for `#p`/`#t` on 5M events).
 pub async fn events(
     conn: &Conn<'_>,
     f: &Filter,
@@ -68,7 +71,7 @@ pub async fn events(
         "SELECT e.id, e.pubkey, e.created_at, e.kind, e.tags::text, e.content, e.sig,
                 e.raw_canonical
          FROM {} WHERE TRUE{}
-         ORDER BY e.created_at DESC, e.id ASC LIMIT ${n}",
+         ORDER BY e.created_at DESC, e.id DESC LIMIT ${n}",
         sql_f.from, sql_f.conditions
     );
     conn.query_raw(&sql, refs(&params)).await
@@ -119,7 +122,7 @@ pub async fn neg_items(
     let s = conditions(f, tag_index).build(&mut params);
     let cap = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
     let (order, n) = match f.limit {
-        Some(l) if l < cap => ("ORDER BY e.created_at DESC, e.id ASC", l),
+        Some(l) if l < cap => ("ORDER BY e.created_at DESC, e.id DESC", l),
         _ => ("", cap),
     };
     let n = push(Box::new(i64::try_from(n).unwrap_or(i64::MAX)), &mut params);
