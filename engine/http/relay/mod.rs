@@ -150,7 +150,7 @@ impl Relay {
             "name": self.name,
             "description": self.description,
             "supported_nips": SUPPORTED_NIPS,
-            "software": "https://github.com/bigbrotr/bigbrotr",
+            "software": "bigbrotr",
             "version": env!("CARGO_PKG_VERSION"),
             "limitation": {
                 "max_message_length": self.max_message_bytes,
