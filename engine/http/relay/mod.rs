@@ -197,8 +197,10 @@ pub async fn root(
         return ws
             .max_message_size(hard)
             .max_frame_size(hard)
+            // The writer sends one message at a time and flushes it, so tungstenite's buffer
+            // holds at most one message (of any archived size); the queue before it is bounded
+            // by `http.relay_max_outbound_bytes`.
             .write_buffer_size(64 << 10)
-            .max_write_buffer_size(relay.max_outbound_bytes.max(128 << 10))
             .on_upgrade(move |socket| async move {
                 relay.stats.accepted.fetch_add(1, Relaxed);
                 relay.stats.open.fetch_add(1, Relaxed);
