@@ -198,7 +198,7 @@ BEGIN
             SELECT k, b.created_at, b.id, b.kind FROM b, event_tag_keys(b.tags) AS k
             ON CONFLICT DO NOTHING
         )
-        SELECT max(id) INTO v_last FROM b;
+        SELECT id INTO v_last FROM b ORDER BY id DESC LIMIT 1;
         EXIT WHEN v_last IS NULL;
         v_after := v_last;
         COMMIT;

@@ -31,6 +31,33 @@ pub struct Http {
     pub idle_timeout_ms: Millis,
     /// Milliseconds a request may take from its head to its answer; past it, 503.
     pub request_timeout_ms: Millis,
+    /// Serve the archive as a read-only Nostr relay (NIP-01 REQ, NIP-45 COUNT, NIP-77
+    /// negentropy) on `ws://<listen>/`, with its NIP-11 document on the same URL.
+    pub relay: bool,
+    /// The relay's NIP-11 `name`.
+    pub relay_name: String,
+    /// The relay's NIP-11 `description`.
+    pub relay_description: String,
+    /// Relay WebSocket connections open at once (each also takes one of `max_connections`).
+    pub relay_max_connections: usize,
+    /// Subscriptions (REQ) open at once on one relay connection.
+    pub relay_max_subscriptions: usize,
+    /// Filters in one REQ or COUNT.
+    pub relay_max_filters: usize,
+    /// Values in one filter, all lists together (ids, authors, kinds, tag values).
+    pub relay_max_filter_values: usize,
+    /// Largest client message in bytes; a larger one is answered with a NOTICE (one over
+    /// twice this closes the connection, unread).
+    pub relay_max_message_bytes: usize,
+    /// Bytes queued for a relay client that does not read; past it the connection is closed.
+    pub relay_max_outbound_bytes: usize,
+    /// Milliseconds a relay connection may send nothing before it is closed.
+    pub relay_idle_timeout_ms: Millis,
+    /// Most archived ids one NIP-77 reconciliation holds (40 bytes each); a filter matching
+    /// more is answered `NEG-ERR blocked:`.
+    pub relay_max_neg_ids: usize,
+    /// NIP-77 reconciliations open at once on the whole server.
+    pub relay_max_neg_sessions: usize,
 }
 
 impl Default for Http {
@@ -46,6 +73,18 @@ impl Default for Http {
             header_timeout_ms: Millis::new(10_000),
             idle_timeout_ms: Millis::new(60_000),
             request_timeout_ms: Millis::new(30_000),
+            relay: true,
+            relay_name: "bigbrotr archive".into(),
+            relay_description: "A read-only archive of the Nostr network".into(),
+            relay_max_connections: 256,
+            relay_max_subscriptions: 20,
+            relay_max_filters: 10,
+            relay_max_filter_values: 1000,
+            relay_max_message_bytes: 524_288,
+            relay_max_outbound_bytes: 4 << 20,
+            relay_idle_timeout_ms: Millis::new(300_000),
+            relay_max_neg_ids: 500_000,
+            relay_max_neg_sessions: 4,
         }
     }
 }
@@ -86,6 +125,51 @@ impl Http {
                 (
                     self.request_timeout_ms.is_positive(),
                     "http.request_timeout_ms",
+                    "must be at least 1",
+                ),
+                (
+                    (1..=self.max_connections).contains(&self.relay_max_connections),
+                    "http.relay_max_connections",
+                    "must be between 1 and http.max_connections",
+                ),
+                (
+                    self.relay_max_subscriptions >= 1,
+                    "http.relay_max_subscriptions",
+                    "must be at least 1",
+                ),
+                (
+                    self.relay_max_filters >= 1,
+                    "http.relay_max_filters",
+                    "must be at least 1",
+                ),
+                (
+                    self.relay_max_filter_values >= 1,
+                    "http.relay_max_filter_values",
+                    "must be at least 1",
+                ),
+                (
+                    self.relay_max_message_bytes >= 16_384,
+                    "http.relay_max_message_bytes",
+                    "must be at least 16384 (NIP-77 frames are at least 4096 bytes, hex-encoded)",
+                ),
+                (
+                    self.relay_max_outbound_bytes >= 1024,
+                    "http.relay_max_outbound_bytes",
+                    "must be at least 1024",
+                ),
+                (
+                    self.relay_idle_timeout_ms.is_positive(),
+                    "http.relay_idle_timeout_ms",
+                    "must be at least 1",
+                ),
+                (
+                    self.relay_max_neg_ids >= 1,
+                    "http.relay_max_neg_ids",
+                    "must be at least 1",
+                ),
+                (
+                    self.relay_max_neg_sessions >= 1,
+                    "http.relay_max_neg_sessions",
                     "must be at least 1",
                 ),
             ],

@@ -1,5 +1,6 @@
-//! The engine's HTTP server: `/health`, `/ready`, `/metrics` (Prometheus text), and the
-//! read-only REST API over the archive with its OpenAPI document at `/openapi.json`.
+//! The engine's HTTP server: `/health`, `/ready`, `/metrics` (Prometheus text), the
+//! read-only REST API over the archive with its OpenAPI document at `/openapi.json`, and the
+//! archive as a read-only Nostr relay on `ws://<listen>/` ([`relay`]).
 //!
 //! The API reads through its own small pool connected as the read-only role
 //! `bigbrotr_reader` (migration 007), every connection started with `statement_timeout` and
@@ -13,6 +14,7 @@
 pub mod api;
 pub mod health;
 pub mod metrics;
+pub mod relay;
 pub mod server;
 
 use crate::config::{self, Config};
@@ -60,6 +62,8 @@ pub struct AppState {
     pub conns: Arc<server::ConnStats>,
     /// The readiness probe: its own database connection and the relay watch.
     pub ready: health::ReadyProbe,
+    /// The relay endpoint (`http.relay`), reading through `reader`.
+    pub relay: Option<Arc<relay::Relay>>,
 }
 
 /// A bound, not yet serving, HTTP server: bind it before the pipeline starts (so a busy port
@@ -73,6 +77,8 @@ pub struct Http {
     limits: server::Limits,
     probe_config: Option<tokio_postgres::Config>,
     live: bool,
+    api: bool,
+    relay: Option<config::Http>,
 }
 
 impl Http {
@@ -86,7 +92,7 @@ impl Http {
         let listener = tokio::net::TcpListener::bind(&http.listen)
             .await
             .with_context(|| format!("cannot listen on {} (key `http.listen`)", http.listen))?;
-        let reader = if http.api {
+        let reader = if http.api || http.relay {
             Some(reader_pool(http, archive_url).await?)
         } else {
             None
@@ -102,6 +108,8 @@ impl Http {
             limits,
             probe_config: health::probe_config(archive_url),
             live: cfg.sync.live,
+            api: http.api,
+            relay: http.relay.then(|| http.clone()),
         }))
     }
 
@@ -117,8 +125,13 @@ impl Http {
             .listener
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let api = self.reader.is_some();
+        let api = self.api && self.reader.is_some();
         let conns = Arc::new(server::ConnStats::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let relay = match (&self.relay, &self.reader) {
+            (Some(http), Some(_)) => Some(Arc::new(relay::Relay::new(http, stop_rx.clone()))),
+            _ => None,
+        };
         let state = Arc::new(AppState {
             engine,
             pool: self.pool,
@@ -128,9 +141,9 @@ impl Http {
             max_response_bytes: self.max_response_bytes,
             conns: conns.clone(),
             ready: health::ReadyProbe::new(self.probe_config, self.live),
+            relay: relay.clone(),
         });
         let app = router(state.clone(), api);
-        let (stop_tx, stop_rx) = watch::channel(false);
         let listener = self.listener;
         let limits = self.limits;
         tracing::info!(
@@ -151,6 +164,7 @@ impl Http {
             addr,
             stop: stop_tx,
             task,
+            relay,
         }
     }
 }
@@ -160,12 +174,18 @@ pub struct Server {
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    relay: Option<Arc<relay::Relay>>,
 }
 
 impl Server {
     /// The address it listens on.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The relay endpoint and its counters, when `http.relay` is on.
+    pub fn relay(&self) -> Option<&Arc<relay::Relay>> {
+        self.relay.as_ref()
     }
 
     /// Stops accepting connections, lets requests in flight finish, and waits for that.
@@ -176,7 +196,8 @@ impl Server {
 }
 
 /// The routes: health, readiness and metrics always; the API and its OpenAPI document when
-/// `api` is true. Unknown paths get a JSON 404.
+/// `api` is true; the relay endpoint on `/` when `state.relay` is set. Unknown paths get a
+/// JSON 404.
 pub fn router(state: Arc<AppState>, api: bool) -> Router {
     let mut r = Router::new()
         .route("/health", get(health::health))
@@ -196,6 +217,9 @@ pub fn router(state: Arc<AppState>, api: bool) -> Router {
             .route("/api/stats/kinds", get(api::stats_kinds))
             .route("/api/stats/pubkeys", get(api::stats_pubkeys))
             .route("/api/stats/relays", get(api::stats_relays));
+    }
+    if state.relay.is_some() {
+        r = r.route("/", get(relay::root));
     }
     r.fallback(api::not_found).with_state(state)
 }

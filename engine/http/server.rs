@@ -27,7 +27,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 /// The share of the process's file-descriptor limit HTTP connections may take at most; the
 /// rest is kept for relay sockets, PostgreSQL connections and files.
@@ -116,6 +116,25 @@ pub struct ConnStats {
     pub idle_closed: AtomicU64,
     /// Requests answered 503 because they ran past `request_timeout`.
     pub request_timeouts: AtomicU64,
+}
+
+/// A connection's place in `http.max_connections`, held while anything serves it: the HTTP
+/// connection task, and a WebSocket upgraded from it (the relay endpoint), which outlives the
+/// request that opened it. Every request carries a clone in its extensions.
+#[derive(Clone)]
+pub struct ConnSlot {
+    _inner: Arc<SlotInner>,
+}
+
+struct SlotInner {
+    _permit: OwnedSemaphorePermit,
+    stats: Arc<ConnStats>,
+}
+
+impl Drop for SlotInner {
+    fn drop(&mut self) {
+        self.stats.open.fetch_sub(1, Relaxed);
+    }
 }
 
 /// When a connection last moved a byte, and whether a request is being handled on it.
@@ -270,26 +289,33 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         stats.accepted.fetch_add(1, Relaxed);
         stats.open.fetch_add(1, Relaxed);
+        let slot = ConnSlot {
+            _inner: Arc::new(SlotInner {
+                _permit: permit,
+                stats: stats.clone(),
+            }),
+        };
         let (app, stats, stop) = (app.clone(), stats.clone(), stop.clone());
         tokio::spawn(async move {
-            serve_connection(stream, app, limits, &stats, stop).await;
-            stats.open.fetch_sub(1, Relaxed);
-            drop(permit);
+            serve_connection(stream, app, limits, &stats, stop, slot).await;
         });
     }
-    // Every permit back means every connection task ended.
+    // Every permit back means every connection task (and upgraded WebSocket) ended.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(DRAIN_GRACE, slots.acquire_many(all)).await;
 }
 
 /// One connection: HTTP/1.1 with the header timer, the request deadline and the idle
-/// watchdog; a stop signal asks it to finish the request in flight and close.
+/// watchdog; a stop signal asks it to finish the request in flight and close. A WebSocket
+/// upgrade (the relay endpoint) ends this task: the socket is then served by its own task,
+/// with its own idle timeout, holding `slot`.
 async fn serve_connection(
     stream: TcpStream,
     app: Router,
     limits: Limits,
     stats: &Arc<ConnStats>,
     mut stop: watch::Receiver<bool>,
+    slot: ConnSlot,
 ) {
     let activity = Arc::new(Activity::new());
     activity.touch();
@@ -299,7 +325,8 @@ async fn serve_connection(
     });
     let inner = TowerToHyperService::new(app);
     let (act, st) = (activity.clone(), stats.clone());
-    let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut().insert(slot.clone());
         let guard = InFlight::new(act.clone());
         let answer = hyper::service::Service::call(&inner, req);
         let st = st.clone();
@@ -319,7 +346,7 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
-    let mut conn = pin!(builder.serve_connection(io, service));
+    let mut conn = pin!(builder.serve_connection(io, service).with_upgrades());
     let tick = (limits.idle_timeout / 4).clamp(Duration::from_millis(20), Duration::from_secs(1));
     let mut watchdog = tokio::time::interval(tick);
     let mut stopping = false;

@@ -1,0 +1,758 @@
+//! The archive as a read-only Nostr relay, on the HTTP server's own port: `ws://host:port/`.
+//!
+//! - `REQ` answers the stored events matching its filters (NIP-01, rebuilt exactly as signed), newest first, then `EOSE`; `limit` is
+//!   capped at `http.max_limit` (and is that cap when absent). The subscription stays open
+//!   until `CLOSE` (no live events are sent after `EOSE`), so it counts in
+//!   `http.relay_max_subscriptions`.
+//! - `COUNT` (NIP-45) answers `{"count": n}`, the distinct events matching any filter.
+//! - `NEG-OPEN`/`NEG-MSG`/`NEG-CLOSE` (NIP-77): the server side of a negentropy
+//!   reconciliation over the (created_at, id) pairs matching the filter, at most
+//!   `http.relay_max_neg_ids` of them (a larger set is `NEG-ERR "blocked: ..."`), at most
+//!   `http.relay_max_neg_sessions` open on the whole server.
+//! - `EVENT` is answered `["OK", id, false, "blocked: read-only archive"]`; anything else
+//!   (AUTH, unknown verbs, malformed JSON, binary frames) gets a `NOTICE` saying why, and the
+//!   connection keeps serving.
+//!
+//! Every query uses the REST API's read-only pool (role `bigbrotr_reader`,
+//! `statement_timeout`), so a client can neither write nor run unbounded; a query that fails
+//! closes its subscription with `CLOSED "error: ..."`.
+//!
+//! Bounds: message size before parsing (`http.relay_max_message_bytes`; twice that closes the
+//! socket unread) and JSON nesting ([`json::MAX_DEPTH`]); filters per request, values per
+//! filter; subscriptions and reconciliations per connection; relay connections on the server
+//! (`http.relay_max_connections`, each also one of `http.max_connections`); an idle timeout;
+//! and a queue of at most `http.relay_max_outbound_bytes` towards a client that does not read,
+//! past which the connection is closed (a query answering into a full queue stops at once).
+
+pub mod query;
+
+use super::server::ConnSlot;
+use super::AppState;
+use crate::config;
+use crate::db::Pool;
+use axum::extract::rejection::ExtensionRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Extension, State};
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bigbrotr_stages::dvm::jobs::Filter;
+use bigbrotr_stages::model::json;
+use futures_util::{SinkExt, StreamExt};
+use negentropy::{Id, Negentropy, NegentropyStorageVector};
+use serde_json::{json, Value};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+
+/// NIPs the endpoint answers, for NIP-11.
+pub const SUPPORTED_NIPS: [u16; 4] = [1, 11, 45, 77];
+
+/// Longest subscription id accepted (NIP-01).
+const MAX_SUB_ID: usize = 64;
+
+/// Reconciliations one connection may hold at once.
+const NEG_PER_CONNECTION: usize = 2;
+
+/// Longest the endpoint waits for a pooled connection before a query is refused.
+const CHECKOUT: Duration = Duration::from_secs(5);
+
+/// Longest a closing connection waits for its queued messages to be taken.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
+
+/// Longest an answer waits for room in a client's full outbound queue (at most the idle
+/// timeout) before the client is taken as not reading and closed: the query holds one of the
+/// API's few database connections meanwhile.
+const MAX_STALL: Duration = Duration::from_secs(5);
+
+/// Counters of the relay endpoint.
+#[derive(Debug, Default)]
+pub struct RelayStats {
+    /// Relay connections open now.
+    pub open: AtomicU64,
+    /// Relay connections accepted.
+    pub accepted: AtomicU64,
+    /// Upgrades refused because `http.relay_max_connections` were open.
+    pub refused: AtomicU64,
+    /// Connections closed because their outbound queue was full (a client not reading).
+    pub slow_closed: AtomicU64,
+    /// Connections closed by the idle timeout.
+    pub idle_closed: AtomicU64,
+    /// REQ subscriptions answered (EOSE sent).
+    pub reqs: AtomicU64,
+    /// Events sent.
+    pub events_sent: AtomicU64,
+    /// COUNT requests answered.
+    pub counts: AtomicU64,
+    /// NIP-77 messages answered (NEG-OPEN and NEG-MSG).
+    pub neg_msgs: AtomicU64,
+    /// Messages answered with a NOTICE (malformed, unknown, too large).
+    pub notices: AtomicU64,
+}
+
+/// The relay endpoint's settings and shared state.
+pub struct Relay {
+    name: String,
+    description: String,
+    max_limit: u64,
+    max_subscriptions: usize,
+    max_filters: usize,
+    max_filter_values: usize,
+    max_message_bytes: usize,
+    max_outbound_bytes: usize,
+    idle_timeout: Duration,
+    max_neg_ids: usize,
+    frame_limit: u64,
+    connections: Arc<Semaphore>,
+    neg_sessions: Arc<Semaphore>,
+    /// Whether `event_tags` is complete; once true it stays so.
+    tag_index: AtomicBool,
+    stop: watch::Receiver<bool>,
+    /// Its counters.
+    pub stats: RelayStats,
+}
+
+impl Relay {
+    /// The endpoint of `[http]`, stopping its connections when `stop` turns true.
+    pub fn new(http: &config::Http, stop: watch::Receiver<bool>) -> Relay {
+        // A NEG-MSG carries a frame hex-encoded in a JSON array: keep it within the message
+        // size clients are told (max_message_length), and within negentropy's 4096 minimum.
+        let frame_limit = u64::try_from(http.relay_max_message_bytes / 2)
+            .unwrap_or(u64::MAX)
+            .saturating_sub(1024)
+            .max(4096);
+        Relay {
+            name: http.relay_name.clone(),
+            description: http.relay_description.clone(),
+            max_limit: u64::from(http.max_limit.max(1)),
+            max_subscriptions: http.relay_max_subscriptions.max(1),
+            max_filters: http.relay_max_filters.max(1),
+            max_filter_values: http.relay_max_filter_values.max(1),
+            max_message_bytes: http.relay_max_message_bytes.max(1024),
+            max_outbound_bytes: http.relay_max_outbound_bytes.max(1024),
+            idle_timeout: http.relay_idle_timeout_ms.get().max(Duration::from_millis(1)),
+            max_neg_ids: http.relay_max_neg_ids.max(1),
+            frame_limit,
+            connections: Arc::new(Semaphore::new(http.relay_max_connections.max(1))),
+            neg_sessions: Arc::new(Semaphore::new(http.relay_max_neg_sessions.max(1))),
+            tag_index: AtomicBool::new(false),
+            stop,
+            stats: RelayStats::default(),
+        }
+    }
+
+    /// The NIP-11 document.
+    pub fn nip11(&self) -> Value {
+        json!({
+            "name": self.name,
+            "description": self.description,
+            "supported_nips": SUPPORTED_NIPS,
+            "software": "bigbrotr",
+            "version": env!("CARGO_PKG_VERSION"),
+            "limitation": {
+                "max_message_length": self.max_message_bytes,
+                "max_subscriptions": self.max_subscriptions,
+                "max_filters": self.max_filters,
+                "max_limit": self.max_limit,
+                "max_subid_length": MAX_SUB_ID,
+                "default_limit": self.max_limit,
+                "auth_required": false,
+                "payment_required": false,
+                "restricted_writes": true,
+            },
+        })
+    }
+}
+
+/// `GET /`: the WebSocket relay on an upgrade, its NIP-11 document for `Accept:
+/// application/nostr+json`, else a short text saying what this address is.
+pub async fn root(
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    slot: Result<Extension<ConnSlot>, ExtensionRejection>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Some(relay) = s.relay.clone() else {
+        return super::api::not_found().await.into_response();
+    };
+    if let Ok(ws) = ws {
+        let Ok(permit) = relay.connections.clone().try_acquire_owned() else {
+            relay.stats.refused.fetch_add(1, Relaxed);
+            return super::api::ApiError::unavailable(
+                "too many relay connections (http.relay_max_connections); try again later",
+            )
+            .into_response();
+        };
+        let Some(pool) = s.reader.clone() else {
+            return super::api::ApiError::unavailable("the archive is not readable here")
+                .into_response();
+        };
+        let slot = slot.ok().map(|Extension(s)| s);
+        // tungstenite refuses (and closes on) a message over twice the limit before holding
+        // it whole; between the two, the message is answered with a NOTICE.
+        let hard = relay.max_message_bytes.saturating_mul(2);
+        return ws
+            .max_message_size(hard)
+            .max_frame_size(hard)
+            // The writer sends one message at a time and flushes it, so tungstenite's buffer
+            // holds at most one message (of any archived size); the queue before it is bounded
+            // by `http.relay_max_outbound_bytes`.
+            .write_buffer_size(64 << 10)
+            .on_upgrade(move |socket| async move {
+                relay.stats.accepted.fetch_add(1, Relaxed);
+                relay.stats.open.fetch_add(1, Relaxed);
+                Session::new(relay.clone(), pool).serve(socket).await;
+                relay.stats.open.fetch_sub(1, Relaxed);
+                drop(permit);
+                drop(slot);
+            });
+    }
+    let wants_nip11 = headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/nostr+json"));
+    if wants_nip11 {
+        return (
+            StatusCode::OK,
+            [
+                (CONTENT_TYPE, "application/nostr+json"),
+                (axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
+                (axum::http::header::ACCESS_CONTROL_ALLOW_HEADERS, "*"),
+                (axum::http::header::ACCESS_CONTROL_ALLOW_METHODS, "GET"),
+            ],
+            relay.nip11().to_string(),
+        )
+            .into_response();
+    }
+    (
+        StatusCode::OK,
+        [(CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "bigbrotr: a read-only Nostr relay over this archive (connect a Nostr client to ws:// \
+         on this address; NIP-11 with Accept: application/nostr+json). REST API: /openapi.json\n",
+    )
+        .into_response()
+}
+
+/// Why a connection ends early.
+#[derive(Debug)]
+enum End {
+    /// The outbound queue is full: the client does not read.
+    Slow,
+    /// The writer ended (the client went away).
+    Gone,
+}
+
+/// Messages towards the client, bounded in queued bytes: a message waits for room at most
+/// `stall`, after which the client is taken as not reading and the connection closed.
+struct Outbox {
+    tx: mpsc::UnboundedSender<(Message, u32)>,
+    room: Arc<Semaphore>,
+    cap: u32,
+    stall: Duration,
+}
+
+impl Outbox {
+    /// Queues `text` once there is room (a message larger than the whole queue waits for
+    /// the queue to empty, then goes alone).
+    async fn send(&self, text: String) -> Result<(), End> {
+        let n = u32::try_from(text.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.cap);
+        match tokio::time::timeout(self.stall, self.room.acquire_many(n)).await {
+            Ok(Ok(p)) => p.forget(),
+            Ok(Err(_)) => return Err(End::Gone),
+            Err(_) => return Err(End::Slow),
+        }
+        self.tx
+            .send((Message::Text(text.into()), n))
+            .map_err(|_| End::Gone)
+    }
+}
+
+/// One NIP-77 reconciliation, holding its share of `http.relay_max_neg_sessions`.
+struct NegSession {
+    neg: Negentropy<'static, NegentropyStorageVector>,
+    _permit: OwnedSemaphorePermit,
+}
+
+/// One relay connection's state.
+struct Session {
+    relay: Arc<Relay>,
+    pool: Pool,
+    subs: HashSet<String>,
+    negs: HashMap<String, NegSession>,
+}
+
+/// `["NOTICE", text]`.
+fn notice(text: &str) -> String {
+    json!(["NOTICE", text]).to_string()
+}
+
+/// `["CLOSED", sub, text]`.
+fn closed(sub: &str, text: &str) -> String {
+    json!(["CLOSED", sub, text]).to_string()
+}
+
+/// `["NEG-ERR", sub, text]`.
+fn neg_err(sub: &str, text: &str) -> String {
+    json!(["NEG-ERR", sub, text]).to_string()
+}
+
+/// A connection of the read-only pool, or the reason to send.
+async fn checkout(pool: &Pool) -> Result<query::Conn<'_>, String> {
+    match tokio::time::timeout(CHECKOUT, pool.get()).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(bb8::RunError::User(e))) => Err(db_reason(&e)),
+        Ok(Err(bb8::RunError::TimedOut)) | Err(_) => {
+            Err("error: the archive is busy; try again later".into())
+        }
+    }
+}
+
+impl Relay {
+    /// Whether tag filters can use the tag index (asked until it says yes).
+    async fn tag_index(&self, conn: &query::Conn<'_>, filters: &[Filter]) -> bool {
+        if self.tag_index.load(Relaxed) {
+            return true;
+        }
+        if filters.iter().all(|f| f.tags.is_empty()) {
+            return false;
+        }
+        let ready = crate::filter_sql::tag_index_ready(conn).await;
+        if ready {
+            self.tag_index.store(true, Relaxed);
+        }
+        ready
+    }
+}
+
+/// What a client is told about a failed query.
+fn db_reason(e: &tokio_postgres::Error) -> String {
+    format!("error: {}", super::api::ApiError::from_db(e).message())
+}
+
+impl Session {
+    fn new(relay: Arc<Relay>, pool: Pool) -> Session {
+        Session {
+            relay,
+            pool,
+            subs: HashSet::new(),
+            negs: HashMap::new(),
+        }
+    }
+
+    /// Serves the socket until the client leaves, idles past the timeout, stops reading, or
+    /// the server stops.
+    async fn serve(mut self, socket: WebSocket) {
+        let (mut sink, mut stream) = socket.split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Message, u32)>();
+        let cap = u32::try_from(self.relay.max_outbound_bytes).unwrap_or(u32::MAX);
+        let room = Arc::new(Semaphore::new(cap as usize));
+        let out = Outbox {
+            tx,
+            room: room.clone(),
+            cap,
+            stall: self.relay.idle_timeout.min(MAX_STALL),
+        };
+        let writer = tokio::spawn(async move {
+            while let Some((msg, n)) = rx.recv().await {
+                if sink.send(msg).await.is_err() {
+                    break;
+                }
+                room.add_permits(n as usize);
+            }
+            let _ = sink.close().await;
+        });
+        let mut stop = self.relay.stop.clone();
+        let idle = self.relay.idle_timeout;
+        let end = loop {
+            let next = tokio::select! {
+                n = tokio::time::timeout(idle, stream.next()) => n,
+                // A dropped server handle detaches the server: only a real stop ends sockets.
+                _ = async {
+                    if stop.wait_for(|s| *s).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => break None,
+                _ = out.tx.closed() => break Some(End::Gone),
+            };
+            let msg = match next {
+                Err(_) => {
+                    self.relay.stats.idle_closed.fetch_add(1, Relaxed);
+                    let _ = out
+                        .send(notice("closing: idle past the relay's timeout"))
+                        .await;
+                    break None;
+                }
+                Ok(None) | Ok(Some(Err(_))) => break Some(End::Gone),
+                Ok(Some(Ok(m))) => m,
+            };
+            let r = match msg {
+                Message::Text(t) => self.handle(t.as_str(), &out).await,
+                Message::Binary(_) => {
+                    self.relay.stats.notices.fetch_add(1, Relaxed);
+                    out.send(notice(
+                        "error: binary frames are not supported; send JSON text",
+                    ))
+                    .await
+                }
+                Message::Close(_) => break Some(End::Gone),
+                // tungstenite answers pings itself.
+                Message::Ping(_) | Message::Pong(_) => Ok(()),
+            };
+            if let Err(e) = r {
+                break Some(e);
+            }
+        };
+        if matches!(end, Some(End::Slow)) {
+            self.relay.stats.slow_closed.fetch_add(1, Relaxed);
+            tracing::debug!("relay client does not read its answers: closed");
+            writer.abort();
+        } else {
+            // Let what is queued go (a NOTICE, the end of an answer), then close; a client
+            // that does not take it within FINAL_FLUSH is dropped.
+            drop(out);
+            let abort = writer.abort_handle();
+            if tokio::time::timeout(idle.min(FINAL_FLUSH), writer)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+
+    /// Answers one text message.
+    async fn handle(&mut self, text: &str, out: &Outbox) -> Result<(), End> {
+        let relay = self.relay.clone();
+        if text.len() > relay.max_message_bytes {
+            relay.stats.notices.fetch_add(1, Relaxed);
+            return out
+                .send(notice(&format!(
+                    "error: message of {} bytes is larger than the relay's limit of {} bytes",
+                    text.len(),
+                    relay.max_message_bytes
+                )))
+                .await;
+        }
+        if json::check_depth(text.as_bytes()).is_err() {
+            relay.stats.notices.fetch_add(1, Relaxed);
+            return out
+                .send(notice(&format!(
+                    "error: JSON nested deeper than {} levels",
+                    json::MAX_DEPTH
+                )))
+                .await;
+        }
+        let v: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => {
+                relay.stats.notices.fetch_add(1, Relaxed);
+                return out
+                    .send(notice(&format!("error: message is not valid JSON: {e}")))
+                    .await;
+            }
+        };
+        let Some(arr) = v.as_array() else {
+            relay.stats.notices.fetch_add(1, Relaxed);
+            return out
+                .send(notice(
+                    "error: a message must be a JSON array whose first element is its type",
+                ))
+                .await;
+        };
+        let verb = arr.first().and_then(Value::as_str).unwrap_or("");
+        match verb {
+            "REQ" | "COUNT" | "NEG-OPEN" | "NEG-MSG" | "NEG-CLOSE" | "CLOSE" => {
+                let Some(sub) = arr
+                    .get(1)
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty() && s.chars().count() <= MAX_SUB_ID)
+                else {
+                    relay.stats.notices.fetch_add(1, Relaxed);
+                    return out.send(notice(&format!(
+                        "error: {verb} needs a subscription id, a string of 1 to {MAX_SUB_ID} characters"
+                    ))).await;
+                };
+                let sub = sub.to_string();
+                match verb {
+                    "REQ" => self.req(&sub, &arr[2..], out).await,
+                    "COUNT" => self.count(&sub, &arr[2..], out).await,
+                    "NEG-OPEN" => self.neg_open(&sub, &arr[2..], out).await,
+                    "NEG-MSG" => self.neg_msg(&sub, &arr[2..], out).await,
+                    "NEG-CLOSE" => {
+                        self.negs.remove(&sub);
+                        Ok(())
+                    }
+                    _ => {
+                        self.subs.remove(&sub);
+                        Ok(())
+                    }
+                }
+            }
+            "EVENT" => {
+                let id = arr
+                    .get(1)
+                    .and_then(|e| e.get("id"))
+                    .and_then(Value::as_str)
+                    .filter(|s| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()))
+                    .unwrap_or("");
+                out.send(json!(["OK", id, false, "blocked: read-only archive"]).to_string())
+                    .await
+            }
+            "AUTH" => {
+                relay.stats.notices.fetch_add(1, Relaxed);
+                out.send(notice(
+                    "AUTH is not needed: this relay is a read-only archive open to everyone",
+                ))
+                .await
+            }
+            _ => {
+                relay.stats.notices.fetch_add(1, Relaxed);
+                let shown: String = verb.chars().take(32).collect();
+                out.send(notice(&format!(
+                    "error: unknown message type {shown:?}; this relay answers REQ, CLOSE, COUNT, NEG-OPEN, NEG-MSG, NEG-CLOSE (EVENT is refused: read-only archive)"
+                ))).await
+            }
+        }
+    }
+
+    /// The filters of a REQ or COUNT, or the CLOSED reason.
+    fn filters(&self, raw: &[Value]) -> Result<Vec<Filter>, String> {
+        let relay = &self.relay;
+        if raw.is_empty() {
+            return Err("invalid: at least one filter is needed".into());
+        }
+        if raw.len() > relay.max_filters {
+            return Err(format!(
+                "invalid: {} filters; at most {} in one request",
+                raw.len(),
+                relay.max_filters
+            ));
+        }
+        raw.iter()
+            .map(|v| {
+                query::parse_filter(v, relay.max_limit, relay.max_filter_values)
+                    .map_err(|e| format!("invalid: {e}"))
+            })
+            .collect()
+    }
+
+    async fn req(&mut self, sub: &str, raw: &[Value], out: &Outbox) -> Result<(), End> {
+        let relay = self.relay.clone();
+        if !self.subs.contains(sub) && self.subs.len() >= relay.max_subscriptions {
+            return out.send(closed(
+                sub,
+                &format!(
+                    "error: too many subscriptions: at most {} open on one connection; CLOSE one first",
+                    relay.max_subscriptions
+                ),
+            )).await;
+        }
+        let filters = match self.filters(raw) {
+            Ok(f) => f,
+            Err(why) => {
+                self.subs.remove(sub);
+                return out.send(closed(sub, &why)).await;
+            }
+        };
+        self.subs.insert(sub.to_string());
+        let pool = self.pool.clone();
+        let conn = match checkout(&pool).await {
+            Ok(c) => c,
+            Err(why) => {
+                self.subs.remove(sub);
+                return out.send(closed(sub, &why)).await;
+            }
+        };
+        let tag_index = relay.tag_index(&conn, &filters).await;
+        let prefix = format!("[\"EVENT\",{},", json!(sub));
+        let mut seen: HashSet<[u8; 32]> = HashSet::new();
+        for f in &filters {
+            let limit = f.limit.unwrap_or(relay.max_limit).min(relay.max_limit);
+            if limit == 0 {
+                continue;
+            }
+            let rows = match query::events(&conn, f, tag_index, limit).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.subs.remove(sub);
+                    return out.send(closed(sub, &db_reason(&e))).await;
+                }
+            };
+            let mut rows = std::pin::pin!(rows);
+            loop {
+                let row = match rows.next().await {
+                    None => break,
+                    Some(Ok(r)) => r,
+                    Some(Err(e)) => {
+                        self.subs.remove(sub);
+                        return out.send(closed(sub, &db_reason(&e))).await;
+                    }
+                };
+                let ev = match query::event_json(&row) {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        self.subs.remove(sub);
+                        return out.send(closed(sub, &db_reason(&e))).await;
+                    }
+                };
+                drop(row);
+                let (id, json) = ev;
+                if filters.len() > 1 && !seen.insert(id) {
+                    continue;
+                }
+                let mut msg = String::with_capacity(prefix.len() + json.len() + 1);
+                msg.push_str(&prefix);
+                msg.push_str(&json);
+                msg.push(']');
+                // A full queue ends the connection; dropping the stream mid-way leaves the
+                // rest of the rows to the connection, which discards them.
+                out.send(msg).await?;
+                relay.stats.events_sent.fetch_add(1, Relaxed);
+            }
+        }
+        relay.stats.reqs.fetch_add(1, Relaxed);
+        out.send(json!(["EOSE", sub]).to_string()).await
+    }
+
+    async fn count(&mut self, sub: &str, raw: &[Value], out: &Outbox) -> Result<(), End> {
+        let relay = self.relay.clone();
+        let filters = match self.filters(raw) {
+            Ok(f) => f,
+            Err(why) => return out.send(closed(sub, &why)).await,
+        };
+        let pool = self.pool.clone();
+        let conn = match checkout(&pool).await {
+            Ok(c) => c,
+            Err(why) => return out.send(closed(sub, &why)).await,
+        };
+        let tag_index = relay.tag_index(&conn, &filters).await;
+        match query::count(&conn, &filters, tag_index).await {
+            Ok(n) => {
+                self.relay.stats.counts.fetch_add(1, Relaxed);
+                out.send(json!(["COUNT", sub, {"count": n}]).to_string())
+                    .await
+            }
+            Err(e) => out.send(closed(sub, &db_reason(&e))).await,
+        }
+    }
+
+    async fn neg_open(&mut self, sub: &str, raw: &[Value], out: &Outbox) -> Result<(), End> {
+        let relay = self.relay.clone();
+        // A NEG-OPEN on an open id replaces that reconciliation (NIP-77).
+        self.negs.remove(sub);
+        let (Some(filter), Some(initial), 2) =
+            (raw.first(), raw.get(1).and_then(Value::as_str), raw.len())
+        else {
+            return out.send(neg_err(
+                sub,
+                "error: NEG-OPEN takes a subscription id, one filter and an initial message (hex)",
+            )).await;
+        };
+        let Ok(initial) = hex::decode(initial) else {
+            return out
+                .send(neg_err(sub, "error: the initial message is not hex"))
+                .await;
+        };
+        let filter = match query::parse_filter(filter, u64::MAX, relay.max_filter_values) {
+            Ok(f) => f,
+            Err(e) => return out.send(neg_err(sub, &format!("invalid: {e}"))).await,
+        };
+        if self.negs.len() >= NEG_PER_CONNECTION {
+            return out.send(neg_err(
+                sub,
+                &format!("blocked: at most {NEG_PER_CONNECTION} reconciliations open on one connection; NEG-CLOSE one first"),
+            )).await;
+        }
+        let Ok(permit) = relay.neg_sessions.clone().try_acquire_owned() else {
+            return out
+                .send(neg_err(
+                    sub,
+                    "blocked: too many reconciliations in progress on this server; try again later",
+                ))
+                .await;
+        };
+        let pool = self.pool.clone();
+        let conn = match checkout(&pool).await {
+            Ok(c) => c,
+            Err(why) => return out.send(neg_err(sub, &why)).await,
+        };
+        let tag_index = relay.tag_index(&conn, std::slice::from_ref(&filter)).await;
+        let items = match query::neg_items(&conn, &filter, tag_index, relay.max_neg_ids).await {
+            Ok(i) => i,
+            Err(e) => return out.send(neg_err(sub, &db_reason(&e))).await,
+        };
+        drop(conn);
+        if items.len() > relay.max_neg_ids {
+            return out
+                .send(neg_err(
+                    sub,
+                    &format!(
+                        "blocked: more than {} events match this filter; narrow it (since/until)",
+                        relay.max_neg_ids
+                    ),
+                ))
+                .await;
+        }
+        let mut storage = NegentropyStorageVector::with_capacity(items.len());
+        for (ts, id) in items {
+            let _ = storage.insert(ts, Id::from_byte_array(id));
+        }
+        let neg = storage
+            .seal()
+            .and_then(|()| Negentropy::owned(storage, relay.frame_limit));
+        let mut neg = match neg {
+            Ok(n) => n,
+            Err(e) => return out.send(neg_err(sub, &format!("error: {e}"))).await,
+        };
+        match neg.reconcile(&initial) {
+            Ok(reply) => {
+                relay.stats.neg_msgs.fetch_add(1, Relaxed);
+                self.negs.insert(
+                    sub.to_string(),
+                    NegSession {
+                        neg,
+                        _permit: permit,
+                    },
+                );
+                out.send(json!(["NEG-MSG", sub, hex::encode(reply)]).to_string())
+                    .await
+            }
+            Err(e) => out.send(neg_err(sub, &format!("error: {e}"))).await,
+        }
+    }
+
+    async fn neg_msg(&mut self, sub: &str, raw: &[Value], out: &Outbox) -> Result<(), End> {
+        let Some(session) = self.negs.get_mut(sub) else {
+            return out
+                .send(neg_err(
+                    sub,
+                    "closed: no reconciliation is open with this id (send NEG-OPEN)",
+                ))
+                .await;
+        };
+        let Some(Ok(msg)) = raw.first().and_then(Value::as_str).map(hex::decode) else {
+            self.negs.remove(sub);
+            return out
+                .send(neg_err(sub, "error: NEG-MSG takes a message in hex"))
+                .await;
+        };
+        match session.neg.reconcile(&msg) {
+            Ok(reply) => {
+                self.relay.stats.neg_msgs.fetch_add(1, Relaxed);
+                out.send(json!(["NEG-MSG", sub, hex::encode(reply)]).to_string())
+                    .await
+            }
+            Err(e) => {
+                self.negs.remove(sub);
+                out.send(neg_err(sub, &format!("error: {e}"))).await
+            }
+        }
+    }
+}

@@ -1,0 +1,356 @@
+//! The relay endpoint against misbehaving clients (raw WebSocket, tokio-tungstenite): malformed
+//! JSON, unknown verbs, deep nesting, 1,000 subscriptions, filters with 10,000 values, an
+//! oversized frame, a client that never reads while large REQs are answered, too many
+//! connections, an idle client, oversized and unknown NIP-77 sessions. Each gets a clear
+//! NOTICE / CLOSED / NEG-ERR (or its connection closed), and the server keeps serving others.
+
+mod common;
+
+use bigbrotr::http::{Http, Server};
+use bigbrotr::state::EngineState;
+use bigbrotr::sync::{sync_once, SyncOptions};
+use bigbrotr_testkit::gen::{sign, GenEvent};
+use bigbrotr_testkit::relay::{Behavior, TestRelay};
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Longest any one answer may take.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// 1,200 events of ~2 KB each, so a REQ answer is large.
+fn corpus() -> Vec<GenEvent> {
+    let key = secp256k1::Keypair::from_secret_bytes([5u8; 32]).expect("key");
+    let pad = "x".repeat(2000);
+    (0..1200u64)
+        .map(|i| {
+            sign(
+                &key,
+                1_700_000_000 + i as i64,
+                1,
+                &[vec!["t".into(), format!("t{}", i % 3)]],
+                &format!("{i} {pad}"),
+            )
+        })
+        .collect()
+}
+
+async fn archive(pool: &bigbrotr::db::Pool, db: &str, evs: Vec<GenEvent>) {
+    let relay = TestRelay::start(evs, Behavior::default())
+        .await
+        .expect("relay");
+    sync_once(
+        &config(db),
+        pool.clone(),
+        vec![relay_url(&relay.url())],
+        &SyncOptions::default(),
+        None,
+    )
+    .await
+    .expect("sync");
+}
+
+async fn serve(
+    pool: &bigbrotr::db::Pool,
+    db: &str,
+    tune: impl FnOnce(&mut bigbrotr::config::Http),
+) -> Server {
+    let mut cfg = config(db);
+    cfg.http.listen = "127.0.0.1:0".into();
+    tune(&mut cfg.http);
+    let http = Http::bind(&cfg, db, pool.clone())
+        .await
+        .expect("bind")
+        .expect("http configured");
+    let pipeline = bigbrotr::pipeline::Pipeline::start(&cfg, pool.clone());
+    let stats = pipeline.stats.clone();
+    pipeline.finish().await.expect("drain");
+    let state = Arc::new(EngineState::new(stats));
+    state.ready.store(true, Relaxed);
+    http.spawn(state)
+}
+
+async fn connect(s: &Server) -> Ws {
+    let (ws, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(format!("ws://{}/", s.addr())),
+    )
+    .await
+    .expect("connect in time")
+    .expect("websocket");
+    ws
+}
+
+async fn send(ws: &mut Ws, text: String) {
+    tokio::time::timeout(WAIT, ws.send(Message::Text(text.into())))
+        .await
+        .expect("send in time")
+        .expect("send");
+}
+
+/// The next JSON message, or `None` when the server closed the connection.
+async fn recv(ws: &mut Ws) -> Option<Value> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("an answer in time")
+        {
+            Some(Ok(Message::Text(t))) => {
+                return Some(serde_json::from_str(t.as_str()).expect("server sends JSON"))
+            }
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
+}
+
+async fn expect(ws: &mut Ws, verb: &str) -> Value {
+    let v = recv(ws)
+        .await
+        .unwrap_or_else(|| panic!("closed while waiting for {verb}"));
+    assert_eq!(v[0], verb, "{v}");
+    v
+}
+
+/// A REQ answered in full on `ws`: the events, then EOSE.
+async fn req_works(ws: &mut Ws, sub: &str, limit: usize) -> usize {
+    send(
+        ws,
+        json!(["REQ", sub, {"kinds": [1], "limit": limit}]).to_string(),
+    )
+    .await;
+    let mut n = 0;
+    loop {
+        let v = recv(ws).await.expect("answer");
+        match v[0].as_str() {
+            Some("EVENT") => {
+                assert_eq!(v[1], sub);
+                n += 1;
+            }
+            Some("EOSE") => return n,
+            _ => panic!("unexpected {v}"),
+        }
+    }
+}
+
+/// Bad messages each get a clear NOTICE, CLOSED or NEG-ERR, and the same connection then
+/// answers a REQ in full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_messages_get_clear_answers_and_the_connection_keeps_serving() {
+    let (pool, db) = test_db().await;
+    archive(&pool, &db, corpus()).await;
+    let server = serve(&pool, &db, |h| {
+        h.relay_max_neg_ids = 100;
+    })
+    .await;
+    let mut ws = connect(&server).await;
+
+    let cases: Vec<(String, &str, &str)> = vec![
+        ("{not json".into(), "NOTICE", "error: message is not valid JSON"),
+        ("{\"a\":1}".into(), "NOTICE", "error: a message must be a JSON array"),
+        ("[\"HELLO\",1]".into(), "NOTICE", "error: unknown message type \"HELLO\""),
+        ("[]".into(), "NOTICE", "error: unknown message type"),
+        (format!("[\"REQ\",\"s\",{}{}]", "[".repeat(40), "]".repeat(40)), "NOTICE", "error: JSON nested deeper"),
+        ("[\"REQ\",\"\",{}]".into(), "NOTICE", "error: REQ needs a subscription id"),
+        (json!(["REQ", "x".repeat(65), {}]).to_string(), "NOTICE", "error: REQ needs a subscription id"),
+        ("[\"REQ\",\"s\"]".into(), "CLOSED", "invalid: at least one filter"),
+        ("[\"REQ\",\"s\",[1]]".into(), "CLOSED", "invalid: a filter must be a JSON object"),
+        ("[\"REQ\",\"s\",{\"kinds\":\"one\"}]".into(), "CLOSED", "invalid: filter: kinds must be an array"),
+        ("[\"REQ\",\"s\",{\"search\":\"x\"}]".into(), "CLOSED", "invalid: filter: search (NIP-50) is not supported"),
+        (json!(["REQ", "s", {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}]).to_string(), "CLOSED", "invalid: 11 filters; at most 10"),
+        (json!(["COUNT", "c", {"#t": (0..10_000).map(|i| format!("v{i}")).collect::<Vec<_>>()}]).to_string(), "CLOSED", "invalid: filter has 10000 values"),
+        (json!(["REQ", "s", {"authors": (0..10_000).map(|i| format!("{i:064x}")).collect::<Vec<_>>()}]).to_string(), "NOTICE", "error: message of"),
+        (json!(["EVENT", {"id": "ab".repeat(32), "kind": 1}]).to_string(), "OK", ""),
+        ("[\"AUTH\",{}]".into(), "NOTICE", "AUTH is not needed"),
+        (json!(["NEG-MSG", "n", "00"]).to_string(), "NEG-ERR", "closed: no reconciliation is open"),
+        (json!(["NEG-OPEN", "n", {"kinds": [1]}, "6100000200"]).to_string(), "NEG-ERR", "blocked: more than 100 events match"),
+        (json!(["NEG-OPEN", "n", {"kinds": [1]}, "zz"]).to_string(), "NEG-ERR", "error: the initial message is not hex"),
+    ];
+    for (msg, verb, reason) in cases {
+        send(&mut ws, msg.clone()).await;
+        let v = expect(&mut ws, verb).await;
+        let shown: String = msg.chars().take(80).collect();
+        if verb == "OK" {
+            assert_eq!(
+                v,
+                json!(["OK", "ab".repeat(32), false, "blocked: read-only archive"])
+            );
+            continue;
+        }
+        let text = v
+            .as_array()
+            .and_then(|a| a.last())
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        assert!(
+            text.starts_with(reason),
+            "{shown}: got {v}, want {reason:?}"
+        );
+    }
+    // A binary frame.
+    tokio::time::timeout(WAIT, ws.send(Message::Binary(vec![1, 2, 3].into())))
+        .await
+        .expect("in time")
+        .expect("send");
+    let v = expect(&mut ws, "NOTICE").await;
+    assert!(v[1].as_str().unwrap_or("").contains("binary"), "{v}");
+
+    assert_eq!(req_works(&mut ws, "after", 50).await, 50);
+    // A COUNT on the same connection.
+    send(&mut ws, json!(["COUNT", "c", {"#t": ["t0"]}]).to_string()).await;
+    let v = expect(&mut ws, "COUNT").await;
+    assert_eq!(v[2]["count"], 400);
+    server.shutdown().await;
+}
+
+/// 1,000 subscriptions on one connection: the first `relay_max_subscriptions` are answered,
+/// the rest CLOSED; a CLOSE makes room again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_subscriptions_are_bounded() {
+    let (pool, db) = test_db().await;
+    archive(&pool, &db, corpus()).await;
+    let server = serve(&pool, &db, |_| {}).await;
+    let max = 20;
+    let mut ws = connect(&server).await;
+    for i in 0..1000 {
+        send(
+            &mut ws,
+            json!(["REQ", format!("s{i}"), {"kinds": [1], "limit": 1}]).to_string(),
+        )
+        .await;
+    }
+    let (mut eose, mut closed, mut events) = (0, 0, 0);
+    while eose + closed < 1000 {
+        let v = recv(&mut ws).await.expect("answer");
+        match v[0].as_str() {
+            Some("EVENT") => events += 1,
+            Some("EOSE") => eose += 1,
+            Some("CLOSED") => {
+                assert!(
+                    v[2].as_str()
+                        .unwrap_or("")
+                        .starts_with("error: too many subscriptions"),
+                    "{v}"
+                );
+                closed += 1;
+            }
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert_eq!((eose, closed, events), (max, 1000 - max, max));
+    send(&mut ws, json!(["CLOSE", "s0"]).to_string()).await;
+    assert_eq!(req_works(&mut ws, "again", 3).await, 3);
+    server.shutdown().await;
+}
+
+/// A frame over twice the message limit closes that connection (never held whole); a client
+/// that never reads while large REQs are answered is closed once its queue is full; too many
+/// connections are refused; an idle one is closed. Another client is served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_slow_excess_and_idle_clients_do_not_stop_the_server() {
+    let (pool, db) = test_db().await;
+    archive(&pool, &db, corpus()).await;
+    let server = serve(&pool, &db, |h| {
+        h.relay_max_message_bytes = 65_536;
+        h.relay_max_outbound_bytes = 65_536;
+        h.relay_max_connections = 4;
+        h.relay_idle_timeout_ms = bigbrotr::config::Millis::new(10_000);
+        h.max_limit = 500;
+    })
+    .await;
+    let stats = &server.relay().expect("relay on").stats;
+    let mut good = connect(&server).await;
+
+    // An oversized frame: the connection is closed, the other one serves.
+    let mut big = connect(&server).await;
+    let _ = big
+        .send(Message::Text(
+            format!("[\"REQ\",\"s\",{{\"#t\":[\"{}\"]}}]", "a".repeat(200_000)).into(),
+        ))
+        .await;
+    assert!(
+        recv(&mut big).await.is_none(),
+        "an oversized frame closes the connection"
+    );
+    assert_eq!(req_works(&mut good, "g1", 10).await, 10);
+
+    // A client that never reads, with a small receive buffer, asks for ~20 MB.
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let stream = sock.connect(server.addr()).await.expect("tcp");
+    let (mut slow, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async(
+            format!("ws://{}/", server.addr()),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        ),
+    )
+    .await
+    .expect("in time")
+    .expect("handshake");
+    for i in 0..20 {
+        send(
+            &mut slow,
+            json!(["REQ", format!("big{i}"), {"kinds": [1], "limit": 500}]).to_string(),
+        )
+        .await;
+    }
+    let mut waited = 0;
+    while stats.slow_closed.load(Relaxed) == 0 {
+        assert!(waited < 600, "the slow client was never closed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(req_works(&mut good, "g2", 10).await, 10);
+    // What it reads now ends before the 20 answers it asked for.
+    let mut eose = 0;
+    while let Some(v) = recv(&mut slow).await {
+        if v[0] == "EOSE" {
+            eose += 1;
+        }
+    }
+    assert!(eose < 20, "the slow client was cut off ({eose} EOSE)");
+
+    // Connections past relay_max_connections are refused with 503 (once the closed ones
+    // have let go of their places).
+    let mut waited = 0;
+    while stats.open.load(Relaxed) != 1 {
+        assert!(waited < 600, "closed connections keep their places");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(connect(&server).await);
+    }
+    let refused = tokio_tungstenite::connect_async(format!("ws://{}/", server.addr())).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status().as_u16(), 503),
+        other => panic!("a fifth relay connection: {:?}", other.map(|_| ())),
+    }
+    assert!(stats.refused.load(Relaxed) >= 1);
+    drop(held);
+
+    // Idle: the connection is told and closed; `good` was idle too, so reconnect.
+    let mut idle = connect(&server).await;
+    let v = expect(&mut idle, "NOTICE").await;
+    assert!(
+        v[1].as_str().unwrap_or("").starts_with("closing: idle"),
+        "{v}"
+    );
+    assert!(recv(&mut idle).await.is_none());
+    let mut fresh = connect(&server).await;
+    assert_eq!(req_works(&mut fresh, "g3", 500).await, 500);
+    // Stopping the server closes open relay connections and does not wait on them.
+    tokio::time::timeout(WAIT, server.shutdown())
+        .await
+        .expect("the server stops with a relay connection open");
+    assert!(recv(&mut fresh).await.is_none(), "closed by the stop");
+}
