@@ -11,6 +11,7 @@
 //! an API page (`http.max_response_bytes`).
 
 pub mod api;
+pub mod dashboard;
 pub mod health;
 pub mod metrics;
 pub mod server;
@@ -197,6 +198,7 @@ pub fn router(state: Arc<AppState>, api: bool) -> Router {
             .route("/api/stats/pubkeys", get(api::stats_pubkeys))
             .route("/api/stats/relays", get(api::stats_relays));
     }
+    r = dashboard::mount(r, &state);
     r.fallback(api::not_found).with_state(state)
 }
 
