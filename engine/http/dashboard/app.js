@@ -134,10 +134,12 @@
     while (svg.firstChild) svg.removeChild(svg.firstChild);
     svg.appendChild(svgEl("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, class: "axis" }));
     svg.appendChild(svgEl("line", { x1: L, y1: T, x2: L, y2: H - B, class: "axis" }));
+    // A narrow range on large values (1,000,000 to 1,000,004) needs every digit.
+    const label = (ymax - ymin) / 4 < Math.abs(ymax) / 100 ? (v) => fmt(Math.round(v)) : short;
     for (let i = 0; i <= 4; i++) {
       const v = ymin + (ymax - ymin) * i / 4;
       const y = H - B - (H - B - T) * i / 4;
-      svg.appendChild(svgEl("text", { x: L - 6, y: y + 4, "text-anchor": "end" }, short(v)));
+      svg.appendChild(svgEl("text", { x: L - 6, y: y + 4, "text-anchor": "end" }, label(v)));
     }
     svg.appendChild(svgEl("text", { x: L, y: H - 6 }, clock(xmin)));
     svg.appendChild(svgEl("text", { x: W - R, y: H - 6, "text-anchor": "end" }, clock(xmax)));
@@ -156,7 +158,12 @@
     if (pts.length === 0) return empty(svg, "collecting samples…");
     const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
     let ymin = Math.min(...ys), ymax = Math.max(...ys);
-    if (ymin === ymax) { ymin = Math.max(0, ymin - 1); ymax = ymax + 1; }
+    // At least 4 units of range, so the 5 axis labels stay distinct integers.
+    if (ymax - ymin < 4) {
+      const mid = Math.round((ymin + ymax) / 2);
+      ymin = Math.max(0, mid - 2);
+      ymax = ymin + 4;
+    }
     const [sx, sy] = frame(svg, Math.min(...xs), Math.max(...xs), ymin, ymax);
     series.forEach((s, i) => {
       const d = s.points.map((p, j) => (j ? "L" : "M") + sx(p[0]).toFixed(1) + " " + sy(p[1]).toFixed(1)).join(" ");
