@@ -6,7 +6,7 @@
 //!
 //! Every call stays cheap on a large archive: totals come from the analytics summaries plus
 //! the tail the views merge (bounded by `analytics.view_tail`), relay rows from the registry
-//! and `relay_metadata_latest` (one row per relay, at most [`MAX_RELAYS`]), live figures from
+//! and `relay_metadata_latest` (one row per relay, at most [`MAX_RELAYS`] sent), live figures from
 //! the engine's atomics. The history is sampled by this process every [`SAMPLE_EVERY`] into
 //! two bounded rings, so a page opened late still sees the last hour finely and the last week
 //! coarsely. The page also reads `/api/stats/kinds` and `/api/stats/pubkeys`.
@@ -26,8 +26,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use utoipa::ToSchema;
 
-/// Most relays one `/api/dashboard/relays` answer lists (by URL); the answer says when cut.
-pub const MAX_RELAYS: i64 = 5000;
+/// Most relays one `/api/dashboard/relays` answer lists (those with the most sightings); the
+/// counts by network and status cover the whole registry.
+pub const MAX_RELAYS: usize = 2000;
 
 /// How often the sampler records the archive's totals and the engine's counters.
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
@@ -464,17 +465,33 @@ pub struct DashRelay {
     pub rejected: HashMap<String, u64>,
 }
 
+/// Registry relays of one network and status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StatusCount {
+    /// Network.
+    pub network: String,
+    /// Status, as in [`DashRelay::status`].
+    pub status: String,
+    /// How many relays.
+    pub relays: u64,
+}
+
 /// The `/api/dashboard/relays` answer.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DashRelays {
-    /// The relays, by URL.
+    /// Relays in the registry.
+    pub total: u64,
+    /// The whole registry by network and status.
+    pub by_status: Vec<StatusCount>,
+    /// The relays with the most sightings (ties by URL), at most 2000.
     pub relays: Vec<DashRelay>,
-    /// True when the registry holds more than [`MAX_RELAYS`] relays (the first are listed).
+    /// True when the registry holds more relays than listed.
     pub truncated: bool,
 }
 
-/// Every registry relay (up to 5000, by URL) with its status, newest check, NIP-11 facts,
-/// sightings, ingest rate and rejections by reason.
+/// The registry by network and status, and its relays with the most sightings (up to 2000)
+/// with their status, newest check, NIP-11 facts, sightings, ingest rate and rejections by
+/// reason.
 #[utoipa::path(get, path = "/api/dashboard/relays", tag = "dashboard",
     responses(
         (status = 200, description = "The relays", body = DashRelays),
@@ -495,14 +512,14 @@ async fn relays(
                     CASE jsonb_typeof(l.limitation->'payment_required')
                          WHEN 'boolean' THEN (l.limitation->>'payment_required')::bool END,
                     s.event_count, s.last_seen_at
-             FROM (SELECT * FROM relays_statistics ORDER BY relay_url LIMIT $1) AS s
+             FROM relays_statistics AS s
              LEFT JOIN relay_metadata_latest AS l ON l.relay_url = s.relay_url
-             ORDER BY s.relay_url",
-            &[&(MAX_RELAYS + 1)],
+             ORDER BY s.event_count DESC, s.relay_url",
+            &[],
         )
         .await?;
     drop(conn);
-    let truncated = rows.len() as i64 > MAX_RELAYS;
+    let truncated = rows.len() > MAX_RELAYS;
     let engine = &d.app.engine;
     let held: HashMap<String, bigbrotr_stages::model::Relay> =
         engine.relays.read().map(|m| m.clone()).unwrap_or_default();
@@ -512,9 +529,11 @@ async fn relays(
         .lock()
         .map(|h| h.relay_rates.clone())
         .unwrap_or_default();
-    let mut out = Vec::with_capacity(rows.len().min(MAX_RELAYS as usize));
-    for r in rows.iter().take(MAX_RELAYS as usize) {
+    let mut out = Vec::with_capacity(rows.len().min(MAX_RELAYS));
+    let mut by_status: std::collections::BTreeMap<(String, &'static str), u64> = Default::default();
+    for (i, r) in rows.iter().enumerate() {
         let url: String = r.try_get(0)?;
+        let network: String = r.try_get(1)?;
         let checked_at: Option<i64> = r.try_get(2)?;
         let openable: Option<bool> = r.try_get(3)?;
         let ctx = held.get(&url);
@@ -530,6 +549,10 @@ async fn relays(
                 (Some(_), Some(true)) => "reachable",
             }
         };
+        *by_status.entry((network.clone(), status)).or_default() += 1;
+        if i >= MAX_RELAYS {
+            continue;
+        }
         let (committed, failures, connects, rejected) = match ctx {
             Some(c) => (
                 c.stats.committed.load(Relaxed),
@@ -546,7 +569,7 @@ async fn relays(
         out.push(DashRelay {
             rate: rates.get(&url).copied().unwrap_or(0.0),
             url,
-            network: r.try_get(1)?,
+            network,
             status: status.to_string(),
             checked_at,
             rtt_open: r.try_get(5)?,
@@ -566,6 +589,15 @@ async fn relays(
         });
     }
     Ok(Json(DashRelays {
+        total: rows.len() as u64,
+        by_status: by_status
+            .into_iter()
+            .map(|((network, status), relays)| StatusCount {
+                network,
+                status: status.to_string(),
+                relays,
+            })
+            .collect(),
         relays: out,
         truncated,
     }))
@@ -576,7 +608,32 @@ async fn relays(
 #[derive(utoipa::OpenApi)]
 #[openapi(
     paths(overview, relays),
-    components(schemas(Overview, Sample, Rates, Channel, Lag, DashRelay, DashRelays)),
+    components(schemas(Overview, Sample, Rates, Channel, Lag, DashRelay, StatusCount, DashRelays)),
     tags((name = "dashboard", description = "What the built-in dashboard page (/dashboard/) polls"))
 )]
 pub struct DashboardDoc;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use utoipa::OpenApi;
+
+    #[test]
+    fn documents_both_endpoints() {
+        let doc = serde_json::to_value(DashboardDoc::openapi()).expect("json");
+        for p in ["/api/dashboard/overview", "/api/dashboard/relays"] {
+            assert!(doc["paths"][p]["get"].is_object(), "{p} undocumented");
+        }
+    }
+
+    #[test]
+    fn assets_reference_each_other() {
+        assert!(INDEX_HTML.contains("href=\"app.css\"") && INDEX_HTML.contains("src=\"app.js\""));
+        // The page fetches relative to /dashboard/, so it works behind a path prefix too.
+        assert!(APP_JS.contains("\"../api/\""));
+        assert!(
+            !APP_JS.contains("innerHTML"),
+            "hostile text must never become HTML"
+        );
+    }
+}

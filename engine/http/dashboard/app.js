@@ -284,10 +284,13 @@
     }));
   }
 
-  function renderMatrix(relays) {
-    const counts = {};
-    for (const r of relays) counts[r.network + "/" + r.status] = (counts[r.network + "/" + r.status] || 0) + 1;
-    const nets = NETWORKS.filter((n) => relays.some((r) => r.network === n));
+  function renderMatrix(byStatus) {
+    const counts = {}, all = {};
+    for (const c of byStatus) {
+      counts[c.network + "/" + c.status] = c.relays;
+      all[c.network] = (all[c.network] || 0) + c.relays;
+    }
+    const nets = NETWORKS.filter((n) => all[n]).concat(Object.keys(all).filter((n) => !NETWORKS.includes(n)));
     const table = $("relay-matrix");
     table.tHead.replaceChildren(row([el("th", "network"), ...STATUSES.map((s) => el("th", s, "num st-" + s)), el("th", "all", "num")]));
     table.tBodies[0].replaceChildren(...nets.map((n) => {
@@ -297,10 +300,9 @@
         c.dataset.value = String(counts[n + "/" + s] || 0);
         return c;
       });
-      const all = relays.filter((r) => r.network === n).length;
-      const tot = el("td", fmt(all), "num");
+      const tot = el("td", fmt(all[n]), "num");
       tot.id = "relays-" + n;
-      tot.dataset.value = String(all);
+      tot.dataset.value = String(all[n]);
       return row([el("td", n), ...cells, tot]);
     }));
   }
@@ -308,9 +310,9 @@
   function renderRelays(d) {
     relayRows = d.relays;
     $("relays-note").textContent = d.truncated
-      ? "(the first " + fmt(d.relays.length) + " by URL)"
+      ? "(the " + fmt(d.relays.length) + " with the most sightings, of " + fmt(d.total) + ")"
       : "(" + fmt(d.relays.length) + ")";
-    renderMatrix(d.relays);
+    renderMatrix(d.by_status);
     renderRelayTable();
   }
 
