@@ -316,6 +316,37 @@ async fn the_page_shows_the_archive_and_degrades_when_the_api_fails() {
     let console = console_lines(&stderr);
     assert!(console.is_empty(), "console output: {console:#?}");
 
+    // The assets are served with their types; the bare path redirects relatively.
+    let plain = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    for (path, kind) in [
+        ("/dashboard/", "text/html"),
+        ("/dashboard/app.js", "text/javascript"),
+        ("/dashboard/app.css", "text/css"),
+    ] {
+        let r = plain
+            .get(format!("http://{}{path}", server.addr()))
+            .send()
+            .await
+            .expect("asset");
+        assert_eq!(r.status().as_u16(), 200, "{path}");
+        let ct = r.headers()["content-type"]
+            .to_str()
+            .expect("type")
+            .to_string();
+        assert!(ct.starts_with(kind), "{path}: {ct}");
+    }
+    let r = plain
+        .get(format!("http://{}/dashboard", server.addr()))
+        .send()
+        .await
+        .expect("redirect");
+    assert_eq!(r.status().as_u16(), 308);
+    assert_eq!(r.headers()["location"], "dashboard/");
+
     // A screenshot for a human to look at.
     let shot = shots_dir().join("dashboard.png");
     let _ = std::fs::remove_file(&shot);

@@ -120,9 +120,10 @@ pub fn mount(r: Router<Arc<AppState>>, app: &Arc<AppState>) -> Router<Arc<AppSta
         rt.spawn(sample_forever(Arc::downgrade(&dash)));
     }
     let routes = Router::new()
+        // Relative, so the redirect also works behind a path prefix.
         .route(
             "/dashboard",
-            get(|| async { Redirect::permanent("/dashboard/") }),
+            get(|| async { Redirect::permanent("dashboard/") }),
         )
         .route(
             "/dashboard/",
