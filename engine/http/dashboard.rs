@@ -28,7 +28,7 @@ use utoipa::ToSchema;
 
 /// Most relays one `/api/dashboard/relays` answer lists (those with the most sightings); the
 /// counts by network and status cover the whole registry.
-pub const MAX_RELAYS: usize = 2000;
+pub const MAX_RELAYS: usize = 500;
 
 /// How often the sampler records the archive's totals and the engine's counters.
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
@@ -484,13 +484,13 @@ pub struct DashRelays {
     pub total: u64,
     /// The whole registry by network and status.
     pub by_status: Vec<StatusCount>,
-    /// The relays with the most sightings (ties by URL), at most 2000.
+    /// The relays with the most sightings (ties by URL), at most 500.
     pub relays: Vec<DashRelay>,
     /// True when the registry holds more relays than listed.
     pub truncated: bool,
 }
 
-/// The registry by network and status, and its relays with the most sightings (up to 2000)
+/// The registry by network and status, and its relays with the most sightings (up to 500)
 /// with their status, newest check, NIP-11 facts, sightings, ingest rate and rejections by
 /// reason.
 #[utoipa::path(get, path = "/api/dashboard/relays", tag = "dashboard",
