@@ -431,3 +431,81 @@ async fn a_real_prometheus_finds_data_for_every_panel_and_alert() {
     p.stop();
     server.shutdown().await;
 }
+
+/// The compose file's `monitoring` profile: Prometheus and Grafana only with the profile, their
+/// files mounted where the configs expect them, and the scrape target on bigbrotr's port.
+#[test]
+fn compose_monitoring_profile_mounts_the_shipped_files() {
+    let compose: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo("docker-compose.yml")).expect("compose file"),
+    )
+    .expect("compose yaml");
+    let mounts = |svc: &str| -> Vec<(String, String)> {
+        compose["services"][svc]["volumes"]
+            .as_sequence()
+            .unwrap_or_else(|| panic!("{svc} volumes"))
+            .iter()
+            .filter_map(|v| {
+                let mut parts = v.as_str()?.split(':');
+                let (src, dst) = (parts.next()?, parts.next()?);
+                src.starts_with("./")
+                    .then(|| (src.trim_start_matches("./").to_string(), dst.to_string()))
+            })
+            .collect()
+    };
+    for svc in ["prometheus", "grafana"] {
+        let profiles = &compose["services"][svc]["profiles"];
+        assert_eq!(
+            profiles.as_sequence().map(|p| p.len()),
+            Some(1),
+            "{svc} profiles"
+        );
+        assert_eq!(profiles[0].as_str(), Some("monitoring"), "{svc}");
+        for (src, _) in mounts(svc) {
+            assert!(repo(&src).exists(), "{svc} mounts missing {src}");
+        }
+    }
+    let prom = mounts("prometheus");
+    let dst = |src: &str| {
+        prom.iter()
+            .find(|(s, _)| s == src)
+            .map(|(_, d)| d.clone())
+            .unwrap_or_else(|| panic!("{src} not mounted into prometheus"))
+    };
+    // rule_files is relative to the config file: alerts.yml must sit beside it.
+    let cfg = PathBuf::from(dst("docker/prometheus.yml"));
+    let prom_cfg: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(repo("docker/prometheus.yml")).expect("prometheus.yml"),
+    )
+    .expect("prometheus yaml");
+    let rules = prom_cfg["rule_files"][0].as_str().expect("rule file");
+    assert_eq!(
+        cfg.parent().expect("dir").join(rules),
+        PathBuf::from(dst("docker/alerts.yml"))
+    );
+    // The scrape target is the bigbrotr service on the port it listens on.
+    let listen = compose["services"]["bigbrotr"]["environment"]["BIGBROTR_HTTP_LISTEN"]
+        .as_str()
+        .expect("BIGBROTR_HTTP_LISTEN");
+    let port = listen.rsplit(':').next().expect("port");
+    let job = prom_cfg["scrape_configs"]
+        .as_sequence()
+        .expect("jobs")
+        .iter()
+        .find(|j| j["job_name"].as_str() == Some("bigbrotr"))
+        .expect("bigbrotr job");
+    assert_eq!(
+        job["static_configs"][0]["targets"][0].as_str(),
+        Some(format!("bigbrotr:{port}").as_str())
+    );
+    // Grafana reads the provisioning and dashboards where the provider file says.
+    let graf = mounts("grafana");
+    assert!(graf.contains(&(
+        "docker/grafana/provisioning".to_string(),
+        "/etc/grafana/provisioning".to_string()
+    )));
+    assert!(graf.contains(&(
+        "docker/grafana/dashboards".to_string(),
+        "/var/lib/grafana/dashboards".to_string()
+    )));
+}
