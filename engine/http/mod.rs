@@ -12,6 +12,7 @@
 //! an API page (`http.max_response_bytes`).
 
 pub mod api;
+pub mod dashboard;
 pub mod health;
 pub mod metrics;
 pub mod relay;
@@ -221,6 +222,7 @@ pub fn router(state: Arc<AppState>, api: bool) -> Router {
     if state.relay.is_some() {
         r = r.route("/", get(relay::root));
     }
+    r = dashboard::mount(r, &state);
     r.fallback(api::not_found).with_state(state)
 }
 
