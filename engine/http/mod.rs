@@ -80,6 +80,8 @@ pub struct Http {
     live: bool,
     api: bool,
     relay: Option<config::Http>,
+    /// `[archive] bodies`: whether the relay endpoint has events to serve.
+    bodies: bool,
 }
 
 impl Http {
@@ -111,6 +113,7 @@ impl Http {
             live: cfg.sync.live,
             api: http.api,
             relay: http.relay.then(|| http.clone()),
+            bodies: cfg.archive.bodies,
         }))
     }
 
@@ -130,7 +133,7 @@ impl Http {
         let conns = Arc::new(server::ConnStats::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let relay = match (&self.relay, &self.reader) {
-            (Some(http), Some(_)) => Some(Arc::new(relay::Relay::new(http, stop_rx.clone()))),
+            (Some(http), Some(_)) => Some(Arc::new(relay::Relay::new(http, self.bodies, stop_rx.clone()))),
             _ => None,
         };
         let state = Arc::new(AppState {
@@ -219,9 +222,8 @@ pub fn router(state: Arc<AppState>, api: bool) -> Router {
             .route("/api/stats/pubkeys", get(api::stats_pubkeys))
             .route("/api/stats/relays", get(api::stats_relays));
     }
-    if state.relay.is_some() {
-        r = r.route("/", get(relay::root));
-    }
+    // Always routed: without the relay endpoint a browser is still sent to the dashboard.
+    r = r.route("/", get(relay::root));
     r = dashboard::mount(r, &state);
     r.fallback(api::not_found).with_state(state)
 }

@@ -108,6 +108,9 @@ pub struct Relay {
     frame_limit: u64,
     connections: Arc<Semaphore>,
     neg_sessions: Arc<Semaphore>,
+    /// Whether the archive keeps event bodies (`[archive] bodies`): a metadata-only archive
+    /// answers COUNT and NIP-77, and refuses REQ.
+    bodies: bool,
     /// Whether `event_tags` is complete; once true it stays so.
     tag_index: AtomicBool,
     stop: watch::Receiver<bool>,
@@ -117,7 +120,7 @@ pub struct Relay {
 
 impl Relay {
     /// The endpoint of `[http]`, stopping its connections when `stop` turns true.
-    pub fn new(http: &config::Http, stop: watch::Receiver<bool>) -> Relay {
+    pub fn new(http: &config::Http, bodies: bool, stop: watch::Receiver<bool>) -> Relay {
         // A NEG-MSG carries a frame hex-encoded in a JSON array: keep it within the message
         // size clients are told (max_message_length), and within negentropy's 4096 minimum.
         let frame_limit = u64::try_from(http.relay_max_message_bytes / 2)
@@ -126,7 +129,15 @@ impl Relay {
             .max(4096);
         Relay {
             name: http.relay_name.clone(),
-            description: http.relay_description.clone(),
+            description: if bodies {
+                http.relay_description.clone()
+            } else {
+                format!(
+                    "{} (metadata-only: no event bodies are kept; COUNT and NIP-77 answer, REQ does not)",
+                    http.relay_description
+                )
+            },
+            bodies,
             max_limit: u64::from(http.max_limit.max(1)),
             max_subscriptions: http.relay_max_subscriptions.max(1),
             max_filters: http.relay_max_filters.max(1),
@@ -175,7 +186,15 @@ pub async fn root(
     slot: Result<Extension<ConnSlot>, ExtensionRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let wants_html = headers
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/html"));
     let Some(relay) = s.relay.clone() else {
+        if wants_html {
+            return axum::response::Redirect::to("dashboard/").into_response();
+        }
         return super::api::not_found().await.into_response();
     };
     if let Ok(ws) = ws {
@@ -227,6 +246,9 @@ pub async fn root(
             relay.nip11().to_string(),
         )
             .into_response();
+    }
+    if wants_html {
+        return axum::response::Redirect::to("dashboard/").into_response();
     }
     (
         StatusCode::OK,
@@ -544,6 +566,14 @@ impl Session {
 
     async fn req(&mut self, sub: &str, raw: &[Value], out: &Outbox) -> Result<(), End> {
         let relay = self.relay.clone();
+        if !relay.bodies {
+            return out
+                .send(closed(
+                    sub,
+                    "unsupported: this archive is metadata-only and keeps no event bodies; COUNT and NEG-OPEN work",
+                ))
+                .await;
+        }
         if !self.subs.contains(sub) && self.subs.len() >= relay.max_subscriptions {
             return out.send(closed(
                 sub,

@@ -149,6 +149,7 @@ fn event_from_row(r: &tokio_postgres::Row) -> Result<Option<Event>, tokio_postgr
     let (tags, content) = match stored_tags_and_content(r) {
         Ok(x) => x,
         Err(crate::filter_sql::StoredError::Db(e)) => return Err(e),
+        Err(crate::filter_sql::StoredError::NoBody) => return Ok(None),
         Err(crate::filter_sql::StoredError::Malformed(column)) => {
             tracing::warn!(column, "relay endpoint: stored event unreadable; left out");
             return Ok(None);
