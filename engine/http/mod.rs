@@ -133,7 +133,11 @@ impl Http {
         let conns = Arc::new(server::ConnStats::default());
         let (stop_tx, stop_rx) = watch::channel(false);
         let relay = match (&self.relay, &self.reader) {
-            (Some(http), Some(_)) => Some(Arc::new(relay::Relay::new(http, self.bodies, stop_rx.clone()))),
+            (Some(http), Some(_)) => Some(Arc::new(relay::Relay::new(
+                http,
+                self.bodies,
+                stop_rx.clone(),
+            ))),
             _ => None,
         };
         let state = Arc::new(AppState {

@@ -144,7 +144,10 @@ impl Relay {
             max_filter_values: http.relay_max_filter_values.max(1),
             max_message_bytes: http.relay_max_message_bytes.max(1024),
             max_outbound_bytes: http.relay_max_outbound_bytes.max(1024),
-            idle_timeout: http.relay_idle_timeout_ms.get().max(Duration::from_millis(1)),
+            idle_timeout: http
+                .relay_idle_timeout_ms
+                .get()
+                .max(Duration::from_millis(1)),
             max_neg_ids: http.relay_max_neg_ids.max(1),
             frame_limit,
             connections: Arc::new(Semaphore::new(http.relay_max_connections.max(1))),
