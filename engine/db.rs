@@ -21,7 +21,7 @@ const MIGRATION_LOCK_KEY: i64 = 0x6262_7472_6d69_6772;
 const RELAY_CHUNK: usize = 1000;
 
 /// The schema files, in application order.
-static MIGRATIONS: [(i32, &str, &str); 13] = [
+static MIGRATIONS: [(i32, &str, &str); 14] = [
     (
         1,
         "extensions_and_utils",
@@ -55,6 +55,7 @@ static MIGRATIONS: [(i32, &str, &str); 13] = [
     ),
     (12, "reconcile", include_str!("../sql/012_reconcile.sql")),
     (13, "tag_index", include_str!("../sql/013_tag_index.sql")),
+    (14, "fleet", include_str!("../sql/014_fleet.sql")),
 ];
 
 /// Opens a pool of `size` connections to `url` (a libpq-style key=value string or a postgres:// URL); fails fast with a message naming the URL (password masked) if the server is unreachable.
