@@ -20,7 +20,7 @@ const REFERENCE: [&str; 4] = ["relays", "nip11", "nip66", "relay_metadata"];
 
 /// Tables that stay on the coordinator (summaries written by one refresher, the finder's and
 /// the fleet's bookkeeping, the migrations' own record).
-const COORDINATOR: [&str; 19] = [
+const COORDINATOR: [&str; 18] = [
     "schema_migrations",
     "service_state",
     "candidates",
@@ -36,11 +36,9 @@ const COORDINATOR: [&str; 19] = [
     "analytics_pubkey_relays",
     "analytics_seq_marks",
     "analytics_early_sightings",
-    "finder_lists",
     "fleet_workers",
     "fleet_leases",
     "fleet_lease_history",
-    "analytics_relay_kinds",
 ];
 
 /// Statement triggers on distributed and reference tables that docs/SCALING.md replaces
@@ -102,7 +100,7 @@ async fn unique_indexes_of_distributed_tables_include_the_distribution_column() 
                               JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.n),
                         x.indisprimary, x.indexprs IS NOT NULL
                  FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid
-                 WHERE x.indrelid = $1::regclass AND x.indisunique",
+                 WHERE x.indrelid = $1::text::regclass AND x.indisunique",
                 &[&table],
             )
             .await
@@ -120,7 +118,7 @@ async fn unique_indexes_of_distributed_tables_include_the_distribution_column() 
         // Exclusion constraints must also include it; none exist.
         let excl: i64 = c
             .query_one(
-                "SELECT count(*) FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'x'",
+                "SELECT count(*) FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'x'",
                 &[&table],
             )
             .await
@@ -145,7 +143,7 @@ async fn distribution_columns_are_hashable_and_co_located() {
                 "SELECT a.atttypid::regtype::text, a.attnotnull,
                         EXISTS (SELECT 1 FROM pg_opclass o JOIN pg_am m ON m.oid = o.opcmethod
                                 WHERE m.amname = 'hash' AND o.opcintype = a.atttypid AND o.opcdefault)
-                 FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attname = $2",
+                 FROM pg_attribute a WHERE a.attrelid = $1::text::regclass AND a.attname = $2",
                 &[&table, &col],
             )
             .await
@@ -234,7 +232,7 @@ async fn defaults_and_triggers_of_distributed_tables_are_known() {
                  JOIN pg_depend dep ON dep.objid = d.oid AND dep.classid = 'pg_attrdef'::regclass
                                    AND dep.refclassid = 'pg_class'::regclass
                  JOIN pg_sequence s ON s.seqrelid = dep.refobjid
-                 WHERE a.attrelid = $1::regclass",
+                 WHERE a.attrelid = $1::text::regclass",
                 &[&table],
             )
             .await
@@ -245,7 +243,7 @@ async fn defaults_and_triggers_of_distributed_tables_are_known() {
         }
         let triggers: Vec<String> = c
             .query(
-                "SELECT tgname::text FROM pg_trigger WHERE tgrelid = $1::regclass AND NOT tgisinternal",
+                "SELECT tgname::text FROM pg_trigger WHERE tgrelid = $1::text::regclass AND NOT tgisinternal",
                 &[&table],
             )
             .await
