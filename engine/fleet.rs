@@ -221,6 +221,27 @@ impl Fleet {
     /// old history now and then. Returns the live workers.
     pub async fn beat(&self) -> anyhow::Result<u64> {
         let conn = self.conn().await?;
+        count();
+        let same = conn
+            .query_typed(
+                "SELECT host, boot, pid FROM fleet_workers WHERE worker = $1 AND expires_at > now()",
+                &[(&self.worker, Type::TEXT)],
+            )
+            .await
+            .context("cannot read the worker's row")?;
+        if let Some(r) = same.first() {
+            let (host, boot, pid): (String, String, i32) =
+                (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+            let ours = host == self.host && boot == self.boot && pid == self.pid;
+            let dead_here = !boot.is_empty() && boot == self.boot && !pid_alive(pid);
+            if !ours && !dead_here {
+                anyhow::bail!(
+                    "fleet worker name {:?} is in use by a live process (host {host}, pid {pid}): \
+                     give each process its own `fleet.worker`, or leave it empty",
+                    self.worker
+                );
+            }
+        }
         let params: [(&(dyn ToSql + Sync), Type); 6] = [
             (&self.worker, Type::TEXT),
             (&self.host, Type::TEXT),

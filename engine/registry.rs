@@ -612,6 +612,23 @@ impl<'p> Supervisor<'p> {
         for k in lost {
             self.lose(&k);
         }
+        // Leases still ours that this supervisor does not use: kept through a failed renewal
+        // (self-fencing dropped them here, not in the database) or left by an earlier process
+        // of the same `fleet.worker`. Renewed with their epoch, so nobody took them meanwhile.
+        let pending_now: HashSet<String> = self.releases.iter().map(|r| r.0.clone()).collect();
+        let adopt: Vec<(String, i64)> = held
+            .iter()
+            .filter(|(k, _)| {
+                self.entries
+                    .get(k.as_str())
+                    .is_some_and(|e| e.lease.is_none() && e.run.is_none())
+                    && !pending_now.contains(*k)
+            })
+            .map(|(k, ep)| (k.clone(), *ep))
+            .collect();
+        if !adopt.is_empty() {
+            self.take(adopt).await;
+        }
         // Leases on relays that left the registry (or this worker's list).
         let pending: HashSet<String> = self.releases.iter().map(|r| r.0.clone()).collect();
         let stray: Vec<(String, i64)> = held

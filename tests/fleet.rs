@@ -1066,3 +1066,31 @@ async fn two_workers_through_pgbouncer_in_transaction_mode() {
     );
     drop(bouncer);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_name_held_by_a_live_process_is_refused() {
+    let (pool, db) = test_db().await;
+    let mut cfg = config(&db);
+    cfg.fleet.worker = "archiver".into();
+    let f = Fleet::new(&cfg, pool.clone(), true);
+    let c = pool.get().await.expect("conn");
+    // A live worker of that name on another machine.
+    c.execute(
+        "INSERT INTO fleet_workers (worker, host, boot, pid, registry, expires_at)
+         VALUES ($1, 'elsewhere', 'other-boot', 1, true, now() + interval '1 minute')",
+        &[&f.worker],
+    )
+    .await
+    .expect("insert");
+    let e = f.beat().await.expect_err("the name is taken").to_string();
+    assert!(e.contains("in use") && e.contains("fleet.worker"), "{e}");
+    // Once it has expired, the name is free again.
+    c.execute(
+        "UPDATE fleet_workers SET expires_at = now() - interval '1 second' WHERE worker = $1",
+        &[&f.worker],
+    )
+    .await
+    .expect("expire");
+    assert_eq!(f.beat().await.expect("joins"), 1);
+    f.leave().await.expect("leave");
+}
