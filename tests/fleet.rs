@@ -496,6 +496,27 @@ async fn three_workers_share_six_relays_and_finish_a_killed_workers_relays() {
         )
         .await;
     }
+    // `bigbrotr fleet status` shows the same.
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_bigbrotr"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(["fleet", "status"])
+            .env("BIGBROTR_LOG", "warn"),
+        Duration::from_secs(60),
+        "bigbrotr fleet status",
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.starts_with("3 live workers"), "{text}");
+    for w in &ws {
+        assert!(
+            text.lines()
+                .any(|l| l.contains(&format!(" {} ", w.pid)) && l.contains(" 2 ")),
+            "worker {} with 2 relays in:\n{text}",
+            w.pid
+        );
+    }
     let before = event_ids(&pool).await.len();
     assert!(
         before < six.union.len(),
