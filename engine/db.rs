@@ -55,10 +55,11 @@ static MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (12, "reconcile", include_str!("../sql/012_reconcile.sql")),
     (13, "tag_index", include_str!("../sql/013_tag_index.sql")),
+    (14, "fleet", include_str!("../sql/014_fleet.sql")),
     (
-        16,
+        15,
         "metadata_only",
-        include_str!("../sql/016_metadata_only.sql"),
+        include_str!("../sql/015_metadata_only.sql"),
     ),
 ];
 
@@ -159,9 +160,15 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<i32>> {
             .transaction()
             .await
             .context("cannot begin a migration transaction")?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK_KEY])
-            .await
-            .context("cannot take the migration lock")?;
+        // Unnamed (typed) statements throughout: several engines starting at once through a
+        // transaction-mode PgBouncer before 1.21 would otherwise collide on prepared
+        // statement names left on a shared server connection.
+        tx.execute_typed(
+            "SELECT pg_advisory_xact_lock($1)",
+            &[(&MIGRATION_LOCK_KEY, Type::INT8)],
+        )
+        .await
+        .context("cannot take the migration lock")?;
         tx.batch_execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations (
                  version     INT          PRIMARY KEY,
@@ -173,9 +180,9 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<i32>> {
         .context("cannot create schema_migrations")?;
 
         let recorded = tx
-            .query_opt(
+            .query_typed_opt(
                 "SELECT name FROM schema_migrations WHERE version = $1",
-                &[&version],
+                &[(&version, Type::INT4)],
             )
             .await
             .context("cannot read schema_migrations")?;
@@ -199,9 +206,9 @@ pub async fn migrate(pool: &Pool) -> anyhow::Result<Vec<i32>> {
         tx.batch_execute(sql)
             .await
             .with_context(|| format!("migration {version:03}_{name} failed"))?;
-        tx.execute(
+        tx.execute_typed(
             "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-            &[&version, &name],
+            &[(&version, Type::INT4), (&name, Type::TEXT)],
         )
         .await
         .with_context(|| format!("cannot record migration {version:03}_{name}"))?;

@@ -20,6 +20,7 @@ pub mod dvm;
 pub mod faults;
 pub mod filter_sql;
 pub mod finder;
+pub mod fleet;
 pub mod http;
 pub mod monitor;
 pub mod pipeline;

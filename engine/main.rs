@@ -55,6 +55,11 @@ enum Cmd {
     Finder(FinderArgs),
     /// End-to-end ingestion benchmark on local relays (no network needed).
     Bench(BenchArgs),
+    /// Several processes on one archive: `fleet status` shows workers, relays and roles.
+    Fleet {
+        #[command(subcommand)]
+        cmd: cli::fleet::FleetCmd,
+    },
     /// Back up the archive to FILE: one consistent snapshot (pg_dump custom format), safe
     /// while the engine runs.
     Backup(BackupArgs),
@@ -139,6 +144,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<()> {
         Cmd::Analytics(args) => cli::analytics::run(&cfg, args).await,
         Cmd::Finder(args) => cli::finder::run(&cfg, args).await,
         Cmd::Bench(args) => cli::bench::run(&cfg, args).await,
+        Cmd::Fleet { cmd } => cli::fleet::run(&cfg, cmd).await,
         Cmd::Backup(args) => cli::db::backup(&cfg, args).await,
         Cmd::Restore(args) => cli::db::restore(&cfg, args).await,
         Cmd::Config { cmd } => cli::config::run(&cfg, cmd),

@@ -15,12 +15,17 @@
 //! - a relay whose limits changed (NIP-11 `max_limit`) has its connector stopped and started
 //!   again with the new limit.
 //!
+//! In a fleet (`crate::fleet`), the supervisor also holds the relay leases: it starts a
+//! connector only for a relay it leases, takes its fair share of free leases and releases
+//! its surplus at every heartbeat, and stops the connector of a lease another worker took.
+//!
 //! The monitor's view arrives through [`LimitsSource`]: [`MonitorLimits`] reads the monitor's
 //! newest checks (relays it never checked are readable, with no limit); tests plug in their
 //! own source, and [`NoLimits`] ignores limits altogether.
 
 use crate::config::Config;
 use crate::db::Pool;
+use crate::fleet::{RelayLeases, RELAY};
 use crate::pipeline::Pipeline;
 use crate::state::EngineState;
 use bigbrotr_stages::connect::{GiveUpReason, Outcome};
@@ -130,6 +135,10 @@ enum Then {
     Restart,
     /// Pause it (the monitor reports it unreadable).
     Pause,
+    /// Give its lease back (this worker holds more than its fair share).
+    Release,
+    /// Nothing: its lease was taken by another worker.
+    Lost,
 }
 
 struct Run {
@@ -147,6 +156,8 @@ struct Entry {
     next_at: Instant,
     failures: u32,
     limits: Option<RelayLimits>,
+    /// The epoch of this worker's lease on the relay (fleet only).
+    lease: Option<i64>,
 }
 
 impl Entry {
@@ -154,6 +165,17 @@ impl Entry {
         self.limits.is_none_or(|l| l.readable())
     }
 }
+
+fn now_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// How long after its connector ended a surplus lease is given back: the sink commits the
+/// connector's last batches and persists the cursor under the lease meanwhile.
+const RELEASE_AFTER: Duration = Duration::from_secs(2);
 
 /// The live relay set and its connectors.
 pub struct Supervisor<'p> {
@@ -169,6 +191,10 @@ pub struct Supervisor<'p> {
     sem: Arc<Semaphore>,
     gen: u64,
     running_dirty: bool,
+    fleet: Option<RelayLeases>,
+    /// Leases to give back once their connector's last commits had time to persist the
+    /// cursor: (relay, epoch, not before).
+    releases: Vec<(String, i64, Instant)>,
 }
 
 impl<'p> Supervisor<'p> {
@@ -195,7 +221,20 @@ impl<'p> Supervisor<'p> {
             tasks: JoinSet::new(),
             gen: 0,
             running_dirty: true,
+            fleet: None,
+            releases: Vec::new(),
         }
+    }
+
+    /// Syncs only the relays this worker leases in the fleet.
+    pub fn with_fleet(mut self, fleet: Arc<crate::fleet::Fleet>) -> Supervisor<'p> {
+        self.fleet = Some(RelayLeases::new(fleet));
+        self
+    }
+
+    /// True if the relay may run here: no fleet, or this worker holds its lease.
+    fn leased(&self, e: &Entry) -> bool {
+        self.fleet.is_none() || e.lease.is_some()
     }
 
     fn interval(&self) -> Duration {
@@ -228,6 +267,7 @@ impl<'p> Supervisor<'p> {
                 next_at: Instant::now(),
                 failures: 0,
                 limits: None,
+                lease: None,
             },
         );
     }
@@ -336,7 +376,7 @@ impl<'p> Supervisor<'p> {
         let due: Vec<String> = self
             .entries
             .iter()
-            .filter(|(_, e)| e.run.is_none() && e.next_at <= now && e.readable())
+            .filter(|(_, e)| e.run.is_none() && e.next_at <= now && e.readable() && self.leased(e))
             .map(|(k, _)| k.clone())
             .collect();
         for k in due {
@@ -359,6 +399,11 @@ impl<'p> Supervisor<'p> {
                 committed_at_start: e.ctx.stats.committed.load(Relaxed),
                 then: None,
             });
+            if let Some(epoch) = e.lease {
+                // `at_ms`: lets tests (tests/fleet.rs) check from the logs of several workers
+                // that no relay was ever synced by two of them at once.
+                tracing::info!(relay = %k, epoch, at_ms = now_ms(), "fleet: connector started");
+            }
             let sem = self.sem.clone();
             let key = k.clone();
             self.tasks.spawn(async move {
@@ -384,10 +429,21 @@ impl<'p> Supervisor<'p> {
         let Some(run) = e.run.take() else {
             return;
         };
+        if self.fleet.is_some() {
+            tracing::info!(relay = %key, at_ms = now_ms(), "fleet: connector ended");
+        }
         self.running_dirty = true;
         let progressed = e.ctx.stats.committed.load(Relaxed) > run.committed_at_start;
         match (run.then, &outcome) {
             (Some(Then::Restart), _) => e.next_at = now,
+            (Some(Then::Release), _) => {
+                if let Some(epoch) = e.lease.take() {
+                    self.releases
+                        .push((key.clone(), epoch, now + RELEASE_AFTER));
+                }
+                e.next_at = now;
+            }
+            (Some(Then::Lost), _) => e.next_at = now,
             (Some(Then::Pause), _) => {
                 e.failures += 1;
                 e.next_at = now + pause_for(&self.cfg, e.failures);
@@ -448,13 +504,23 @@ impl<'p> Supervisor<'p> {
                 self.refresh().await;
                 refresh_at = Instant::now() + refresh_every;
             }
+            if self
+                .fleet
+                .as_ref()
+                .is_some_and(|f| Instant::now() >= f.next_at)
+            {
+                self.fleet_tick().await;
+            }
+            self.flush_releases().await;
             self.start_due();
             self.publish_running();
             let wake = self
                 .entries
                 .values()
-                .filter(|e| e.run.is_none() && e.readable())
+                .filter(|e| e.run.is_none() && e.readable() && self.leased(e))
                 .map(|e| e.next_at)
+                .chain(self.fleet.as_ref().map(|f| f.next_at))
+                .chain(self.releases.iter().map(|r| r.2))
                 .min()
                 .map_or(refresh_at, |t| t.min(refresh_at));
             let rx = found.clone();
@@ -485,6 +551,203 @@ impl<'p> Supervisor<'p> {
         }
     }
 
+    /// Marks the relay's lease lost (another worker holds it now): its connector stops.
+    fn lose(&mut self, key: &str) {
+        let Some(e) = self.entries.get_mut(key) else {
+            return;
+        };
+        if e.lease.take().is_some() {
+            crate::fleet::GAUGES.lost.fetch_add(1, Relaxed);
+            tracing::warn!(relay = %key, "relay lease lost: stopping its connector");
+            if e.run.as_ref().is_some_and(|r| r.then != Some(Then::Lost)) {
+                self.request_stop(key, Then::Lost);
+            }
+        }
+    }
+
+    /// One heartbeat of the relay leases: renew them, stop the relays taken by another
+    /// worker, then take free leases up to the fair share or release the surplus.
+    async fn fleet_tick(&mut self) {
+        let Some(fl) = self.fleet.as_mut() else {
+            return;
+        };
+        let fleet = fl.fleet.clone();
+        let attempt = Instant::now();
+        fl.next_at = attempt + fleet.heartbeat;
+        let held = match fleet.renew(RELAY).await {
+            Ok(h) => {
+                if let Some(fl) = self.fleet.as_mut() {
+                    fl.last_ok = attempt;
+                }
+                h
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot renew the relay leases");
+                if self
+                    .fleet
+                    .as_ref()
+                    .is_some_and(|f| f.must_self_fence(attempt))
+                {
+                    // Another worker may take them soon: stop before it can.
+                    let keys: Vec<String> = self
+                        .entries
+                        .iter()
+                        .filter(|(_, e)| e.lease.is_some())
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for k in keys {
+                        self.lose(&k);
+                    }
+                    crate::fleet::GAUGES.relays_held.store(0, Relaxed);
+                }
+                return;
+            }
+        };
+        let lost: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(k, e)| e.lease.is_some_and(|ep| held.get(k.as_str()) != Some(&ep)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in lost {
+            self.lose(&k);
+        }
+        // Leases still ours that this supervisor does not use: kept through a failed renewal
+        // (self-fencing dropped them here, not in the database) or left by an earlier process
+        // of the same `fleet.worker`. Renewed with their epoch, so nobody took them meanwhile.
+        let pending_now: HashSet<String> = self.releases.iter().map(|r| r.0.clone()).collect();
+        let adopt: Vec<(String, i64)> = held
+            .iter()
+            .filter(|(k, _)| {
+                self.entries
+                    .get(k.as_str())
+                    .is_some_and(|e| e.lease.is_none() && e.run.is_none())
+                    && !pending_now.contains(*k)
+            })
+            .map(|(k, ep)| (k.clone(), *ep))
+            .collect();
+        if !adopt.is_empty() {
+            self.take(adopt).await;
+        }
+        // Leases on relays that left the registry (or this worker's list).
+        let pending: HashSet<String> = self.releases.iter().map(|r| r.0.clone()).collect();
+        let stray: Vec<(String, i64)> = held
+            .iter()
+            .filter(|(k, _)| !self.entries.contains_key(k.as_str()) && !pending.contains(*k))
+            .map(|(k, ep)| (k.clone(), *ep))
+            .collect();
+        for (k, ep) in stray {
+            if let Err(e) = fleet.release(RELAY, &k, ep).await {
+                tracing::warn!(error = %format!("{e:#}"), relay = %k, "cannot release a lease");
+            }
+        }
+        let workers = match fleet.registry_workers().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "cannot count the fleet's workers");
+                return;
+            }
+        };
+        let share = crate::fleet::fair_share(self.entries.len(), workers, fleet.is_registry());
+        // Leases already being handed over do not count.
+        let mine = self
+            .entries
+            .values()
+            .filter(|e| {
+                e.lease.is_some() && e.run.as_ref().is_none_or(|r| r.then != Some(Then::Release))
+            })
+            .count();
+        if mine < share {
+            let free: Vec<String> = self
+                .entries
+                .iter()
+                .filter(|(k, e)| e.lease.is_none() && e.run.is_none() && !pending.contains(*k))
+                .map(|(k, _)| k.clone())
+                .collect();
+            match fleet.acquire(RELAY, &free, share - mine).await {
+                Ok(got) if !got.is_empty() => self.take(got).await,
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot take relay leases"),
+            }
+        } else if mine > share {
+            // Idle relays first: giving them back stops no download.
+            let mut surplus: Vec<(bool, String)> = self
+                .entries
+                .iter()
+                .filter(|(_, e)| {
+                    e.lease.is_some() && e.run.as_ref().is_none_or(|r| r.then.is_none())
+                })
+                .map(|(k, e)| (e.run.is_some(), k.clone()))
+                .collect();
+            surplus.sort();
+            surplus.truncate(mine - share);
+            let now = Instant::now();
+            for (running, k) in surplus {
+                if running {
+                    tracing::info!(relay = %k, share, "more relays than the fair share: handing this one over");
+                    self.request_stop(&k, Then::Release);
+                } else if let Some(ep) = self.entries.get_mut(&k).and_then(|e| e.lease.take()) {
+                    self.releases.push((k, ep, now));
+                }
+            }
+        }
+        let held_now = self.entries.values().filter(|e| e.lease.is_some()).count();
+        crate::fleet::GAUGES
+            .relays_held
+            .store(held_now as u64, Relaxed);
+    }
+
+    /// Starts syncing relays whose leases were just taken, from their current cursors.
+    async fn take(&mut self, got: Vec<(String, i64)>) {
+        let keys: Vec<String> = got.iter().map(|g| g.0.clone()).collect();
+        let cursors = match crate::fleet::load_cursors_for(&self.pool, &keys).await {
+            Ok(c) => c,
+            Err(e) => {
+                // Without the cursor the relay would start over: give the leases back.
+                tracing::warn!(error = %format!("{e:#}"), "cannot read the cursors of taken relays");
+                let now = Instant::now();
+                self.releases
+                    .extend(got.into_iter().map(|(k, ep)| (k, ep, now)));
+                return;
+            }
+        };
+        let now = Instant::now();
+        for (k, epoch) in got {
+            let Some(e) = self.entries.get_mut(&k) else {
+                self.releases.push((k, epoch, now));
+                continue;
+            };
+            let ctx = RelayCtx::new(e.url.clone(), cursors.get(&k).copied().unwrap_or_default());
+            ctx.fence.store(epoch, Relaxed);
+            e.ctx = ctx.clone();
+            e.lease = Some(epoch);
+            e.next_at = now;
+            if let Ok(mut m) = self.state.relays.write() {
+                m.insert(k.clone(), ctx);
+            }
+            tracing::debug!(relay = %k, epoch, "relay lease taken");
+        }
+    }
+
+    /// Gives back the leases whose time has come.
+    async fn flush_releases(&mut self) {
+        let Some(fleet) = self.fleet.as_ref().map(|f| f.fleet.clone()) else {
+            self.releases.clear();
+            return;
+        };
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.releases)
+            .into_iter()
+            .partition(|r| r.2 <= now);
+        self.releases = later;
+        for (k, ep, _) in due {
+            if let Err(e) = fleet.release(RELAY, &k, ep).await {
+                // It expires by itself after the TTL.
+                tracing::warn!(error = %format!("{e:#}"), relay = %k, "cannot release a lease");
+            }
+        }
+    }
+
     /// Stops every connector and waits for them.
     pub async fn shutdown(&mut self) {
         for e in self.entries.values() {
@@ -492,7 +755,11 @@ impl<'p> Supervisor<'p> {
                 let _ = run.stop.send(true);
             }
         }
-        while self.tasks.join_next().await.is_some() {}
+        while let Some(r) = self.tasks.join_next().await {
+            if let (Some(_), Ok((key, _, _))) = (&self.fleet, r) {
+                tracing::info!(relay = %key, at_ms = now_ms(), "fleet: connector ended");
+            }
+        }
         if let Ok(mut r) = self.state.running.write() {
             r.clear();
         }

@@ -31,6 +31,12 @@
 //! reachability) are read by the supervisor, which stops, pauses or retunes connectors.
 //! Every arrow between pipeline stages is a bounded channel (see [`crate::pipeline`]).
 //!
+//! In a fleet (several processes on one database, `crate::fleet`), the process first joins
+//! it (its worker row), then keeps a heartbeat task that holds the role leases: the monitor,
+//! the analytics refresher, the DVM and the finder each run only while this worker holds
+//! their role, and the supervisor syncs only the relays it leases. The process leaves the
+//! fleet (drops its leases) once the pipeline has drained.
+//!
 //! Start order: the monitor and the analytics refresher (they only read and write the
 //! archive), the DVM (a bad `[dvm]` fails the start), the cursors and the finder's table, the
 //! pipeline (verify threads, dedupe, batch, sink), the engine state (ready; the HTTP endpoint,
@@ -48,6 +54,7 @@
 use crate::config::Config;
 use crate::db::Pool;
 use crate::faults::Faults;
+use crate::fleet::{Fleet, Role, Roles};
 use crate::http::Http;
 use crate::pipeline::Pipeline;
 use crate::registry::{LimitsSource, MonitorLimits, Supervisor};
@@ -106,6 +113,27 @@ where
     })
 }
 
+/// The DVM, run while this worker holds its role.
+fn spawn_dvm(
+    cfg: &Config,
+    url: &str,
+    faults: &Faults,
+    roles: Roles,
+    halt: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let (cfg, url, inner) = (cfg.clone(), url.to_string(), faults.clone());
+    let stage = crate::fleet::gated(Role::Dvm, roles, halt, move |mut stop| {
+        let (cfg, url, faults) = (cfg.clone(), url.clone(), inner.clone());
+        async move {
+            let dvm = crate::dvm::start_under(&cfg, &url, &faults).await?;
+            let _ = stop.wait_for(|s| *s).await;
+            dvm.stop().await;
+            Ok(())
+        }
+    });
+    spawn_side(faults, "dvm-role", "DVM stopped", stage)
+}
+
 /// Runs the whole topology until `stop` turns true (or its sender is dropped) or a stage
 /// fails; `on_start` receives the shared engine state once the pipeline runs.
 pub async fn run(
@@ -118,6 +146,7 @@ pub async fn run(
     let (limits, explicit) = (parts.limits.clone(), parts.explicit.clone());
     let mut service = Service::start(cfg, &pool, parts, stop, on_start).await?;
     let found = service.found.take();
+    let fleet = service.fleet.clone();
     // The supervisor borrows the pipeline's inlet, so it runs here rather than as a task.
     let mut supervisor = Supervisor::new(
         cfg,
@@ -127,7 +156,8 @@ pub async fn run(
         std::mem::take(&mut service.cursors),
         limits,
         explicit,
-    );
+    )
+    .with_fleet(fleet);
     supervisor.run(found, service.halt.clone()).await;
     service.stop_intake();
     supervisor.shutdown().await;
@@ -149,8 +179,12 @@ struct Service {
     monitor: Option<JoinHandle<()>>,
     /// The analytics refresher: summary tables and orphan cleanup.
     analytics: Option<JoinHandle<()>>,
-    /// The DVM: its relay connections and jobs.
-    dvm: Option<crate::dvm::RunningDvm>,
+    /// The DVM, while this worker holds its role: its relay connections and jobs.
+    dvm: Option<JoinHandle<()>>,
+    /// This process in the fleet.
+    fleet: Arc<Fleet>,
+    /// The fleet heartbeat: the worker row and the role leases.
+    roles_task: JoinHandle<()>,
     /// Persisted relay cursors, handed to the supervisor.
     cursors: HashMap<String, CursorState>,
     /// Verify pool, dedupe, batch and sink; the connectors' inlet and the cursor channel.
@@ -187,25 +221,49 @@ impl Service {
                 let _ = halt_tx.send(true);
             })
         };
+        let finder_on = parts.explicit.is_empty() && cfg.finder.enabled;
+        // Join the fleet before anything runs: the other workers count this one at once.
+        let fleet = Fleet::new(cfg, pool.clone(), parts.explicit.is_empty());
+        if let Err(e) = fleet.beat().await {
+            halter.abort();
+            return Err(e.context("cannot join the fleet"));
+        }
+        tracing::info!(worker = %fleet.worker, "joined the fleet");
+        let wants: Vec<Role> = [
+            (finder_on, Role::Finder),
+            (parts.monitor, Role::Monitor),
+            (parts.analytics, Role::Analytics),
+            (parts.dvm.is_some(), Role::Dvm),
+        ]
+        .into_iter()
+        .filter_map(|(on, r)| on.then_some(r))
+        .collect();
+        let (roles_task, roles) = crate::fleet::spawn_roles(fleet.clone(), wants, halt.clone());
         let monitor = parts.monitor.then(|| {
-            let (cfg, pool, halt) = (cfg.clone(), pool.clone(), halt.clone());
-            spawn_side(&faults, "monitor", "monitor stopped", async move {
-                crate::monitor::run_forever(&cfg, &pool, halt).await
-            })
+            let (cfg, pool) = (cfg.clone(), pool.clone());
+            let stage =
+                crate::fleet::gated(Role::Monitor, roles.clone(), halt.clone(), move |stop| {
+                    let (cfg, pool) = (cfg.clone(), pool.clone());
+                    async move { crate::monitor::run_forever(&cfg, &pool, stop).await }
+                });
+            spawn_side(&faults, "monitor", "monitor stopped", stage)
         });
         let analytics = parts.analytics.then(|| {
-            let (cfg, pool, halt) = (cfg.clone(), pool.clone(), halt.clone());
-            spawn_side(
-                &faults,
-                "analytics",
-                "analytics refresher stopped",
-                async move { crate::analytics::run_forever(&cfg, &pool, halt).await },
-            )
+            let (cfg, pool) = (cfg.clone(), pool.clone());
+            let stage =
+                crate::fleet::gated(Role::Analytics, roles.clone(), halt.clone(), move |stop| {
+                    let (cfg, pool) = (cfg.clone(), pool.clone());
+                    async move { crate::analytics::run_forever(&cfg, &pool, stop).await }
+                });
+            spawn_side(&faults, "analytics", "analytics refresher stopped", stage)
         });
-        let finder_on = parts.explicit.is_empty() && cfg.finder.enabled;
         let started = async {
             let dvm = match &parts.dvm {
-                Some(url) => Some(crate::dvm::start_under(cfg, url, &faults).await?),
+                Some(url) => {
+                    // A bad `[dvm]` fails the start, whichever worker will run it.
+                    crate::dvm::settings(cfg)?;
+                    Some(spawn_dvm(cfg, url, &faults, roles.clone(), halt.clone()))
+                }
                 None => None,
             };
             let cursors = crate::sync::load_cursors(pool).await?;
@@ -219,6 +277,7 @@ impl Service {
             Err(e) => {
                 // Closing the halt signal stops the monitor and the refresher started above.
                 halter.abort();
+                roles_task.abort();
                 return Err(e);
             }
         };
@@ -247,8 +306,17 @@ impl Service {
             (None, None)
         };
         let finder = finder_on.then(|| {
-            let f = crate::finder::new(cfg, pool.clone(), found_tx);
-            faults.spawn("finder", f.run(hints_rx, finder_stop_rx))
+            let (cfg, pool) = (cfg.clone(), pool.clone());
+            let stage =
+                crate::fleet::gated(Role::Finder, roles.clone(), finder_stop_rx, move |stop| {
+                    let f = crate::finder::new(&cfg, pool.clone(), found_tx.clone());
+                    let hints = hints_rx.clone();
+                    async move {
+                        f.run(hints, stop).await;
+                        Ok(())
+                    }
+                });
+            faults.spawn("finder", stage)
         });
         Ok(Service {
             faults,
@@ -257,6 +325,8 @@ impl Service {
             monitor,
             analytics,
             dvm,
+            fleet,
+            roles_task,
             cursors,
             pipeline,
             state,
@@ -281,11 +351,16 @@ impl Service {
         self.pipeline.stop();
         let drained = self.pipeline.finish().await;
         // They saw `halt` with the connectors.
-        for side in [self.monitor, self.analytics].into_iter().flatten() {
+        for side in [self.monitor, self.analytics, self.dvm]
+            .into_iter()
+            .flatten()
+        {
             let _ = side.await;
         }
-        if let Some(d) = self.dvm {
-            d.stop().await;
+        self.roles_task.abort();
+        // Last: the sink wrote the final cursors under the leases.
+        if let Err(e) = self.fleet.leave().await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot leave the fleet; its leases expire by themselves");
         }
         self.halter.abort();
         drained?;

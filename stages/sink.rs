@@ -57,6 +57,8 @@ pub struct SinkStats {
     pub retries: AtomicU64,
     /// Cursor rows written.
     pub cursor_writes: AtomicU64,
+    /// Cursor writes refused because the relay's fleet lease moved on (another worker syncs it).
+    pub cursor_fenced: AtomicU64,
     /// Batches written by direct COPY.
     pub direct_batches: AtomicU64,
     /// Direct attempts that met an existing row and fell back to staging.
@@ -537,29 +539,54 @@ async fn write_staged(
     Ok((events, sightings))
 }
 
-/// Persists a relay's committed cursor state.
+/// Persists a relay's committed cursor state. Under a fleet lease (`relay.fence` set), only
+/// while the lease still carries that epoch: returns false, writing nothing, once another
+/// worker has taken the relay over.
 pub async fn write_cursor(
     client: &tokio_postgres::Client,
     relay: &Relay,
     state: &crate::model::CursorState,
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<bool, tokio_postgres::Error> {
     let payload = serde_json::to_value(state).unwrap_or(serde_json::Value::Null);
-    // An unnamed (typed) statement, so a transaction-mode PgBouncer cannot split its prepare
+    let fence = relay.fence.load(Relaxed);
+    // Unnamed (typed) statements, so a transaction-mode PgBouncer cannot split their prepare
     // and execute across server connections.
-    client
+    if fence == 0 {
+        client
+            .execute_typed(
+                "INSERT INTO service_state (service_name, state_key, payload, updated_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (service_name, state_key) \
+                 DO UPDATE SET payload = EXCLUDED.payload, updated_at = EXCLUDED.updated_at",
+                &[
+                    (&CURSOR_SERVICE, Type::TEXT),
+                    (&relay.url.as_str(), Type::TEXT),
+                    (&payload, Type::JSONB),
+                    (&now_secs(), Type::INT8),
+                ],
+            )
+            .await?;
+        return Ok(true);
+    }
+    // The lease row is share-locked for the statement: a takeover waits for this write to
+    // commit, or this write sees the new epoch and writes nothing.
+    let n = client
         .execute_typed(
             "INSERT INTO service_state (service_name, state_key, payload, updated_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (service_name, state_key) \
+             SELECT $1, $2, $3, $4 WHERE EXISTS ( \
+                 SELECT 1 FROM fleet_leases \
+                 WHERE kind = 'relay' AND key = $2 AND epoch = $5 FOR SHARE) \
+             ON CONFLICT (service_name, state_key) \
              DO UPDATE SET payload = EXCLUDED.payload, updated_at = EXCLUDED.updated_at",
             &[
                 (&CURSOR_SERVICE, Type::TEXT),
                 (&relay.url.as_str(), Type::TEXT),
                 (&payload, Type::JSONB),
                 (&now_secs(), Type::INT8),
+                (&fence, Type::INT8),
             ],
         )
         .await?;
-    Ok(())
+    Ok(n > 0)
 }
 
 /// Acknowledges every sighting of a committed batch; returns the relays it touched.
@@ -605,8 +632,14 @@ async fn flush_cursors(pool: &Pool, relays: &[Relay], stats: &SinkStats) {
                 Err(e) => Err(e.to_string()),
             };
             match res {
-                Ok(()) => {
+                Ok(true) => {
                     stats.cursor_writes.fetch_add(1, Relaxed);
+                    break;
+                }
+                Ok(false) => {
+                    // Not ours any more: the worker that holds the lease now writes it.
+                    stats.cursor_fenced.fetch_add(1, Relaxed);
+                    tracing::warn!(relay = %relay.url, "cursor not written: the relay's lease moved to another worker");
                     break;
                 }
                 Err(e) => {

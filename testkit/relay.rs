@@ -78,6 +78,9 @@ pub struct Behavior {
     pub ids_serve_others: bool,
     /// NIP-45: how the relay answers COUNT (default: unsupported, a NOTICE as today).
     pub count: CountMode,
+    /// Waits this long before answering each REQ: a slow relay, whose sync lasts long enough
+    /// to be interrupted (fleet takeovers, kills mid-sync).
+    pub req_delay: Option<Duration>,
 }
 
 impl Default for Behavior {
@@ -107,6 +110,7 @@ impl Default for Behavior {
             neg_phantoms: Vec::new(),
             ids_serve_others: false,
             count: CountMode::Unsupported,
+            req_delay: None,
         }
     }
 }
@@ -929,6 +933,9 @@ impl Conn {
                 .fetch_add(asked.iter().sum::<usize>() as u64, Ordering::Relaxed);
         }
         let b = self.shared.behavior.clone();
+        if let Some(d) = b.req_delay {
+            tokio::time::sleep(d).await;
+        }
         if b.notice_on_req {
             self.frame(notice("test relay: notice before reply"))
                 .await?;

@@ -805,9 +805,10 @@ async fn the_migration_counts_rows_written_before_it() {
         insert_orphan(&*c, &events(1, "old-orphan")[0]).await;
         insert_checks(&*c, "wss://old.example.com", 1_700_000_000, 12).await;
     }
+    let newest = bigbrotr::db::migrations().last().map_or(0, |m| m.0);
     assert_eq!(
         bigbrotr::db::migrate(&pool).await.expect("migrate"),
-        vec![8, 9, 10, 11, 12, 13]
+        (8..=newest).collect::<Vec<i32>>()
     );
     let st = analytics::status(&pool).await.expect("status");
     assert_eq!(st.pending(), 0, "all counted by the initial build: {st:?}");

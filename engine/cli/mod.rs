@@ -7,6 +7,7 @@ pub mod config;
 pub mod db;
 pub mod dvm;
 pub mod finder;
+pub mod fleet;
 pub mod monitor;
 pub mod run;
 pub mod sync;

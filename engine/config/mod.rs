@@ -11,6 +11,7 @@ mod archive;
 mod database;
 mod dvm;
 mod finder;
+mod fleet;
 mod http;
 mod monitor;
 mod net;
@@ -24,6 +25,7 @@ pub use archive::Archive;
 pub use database::{Database, Embedded};
 pub use dvm::Dvm;
 pub use finder::{Finder, FinderHttp, Seeds};
+pub use fleet::Fleet;
 pub use http::Http;
 pub use monitor::Monitor;
 pub use net::Net;
@@ -68,6 +70,8 @@ pub struct Config {
     pub shutdown: Shutdown,
     /// What of each event is kept (whole, or metadata only).
     pub archive: Archive,
+    /// Several processes sharing one archive: worker name, lease TTL, heartbeat.
+    pub fleet: Fleet,
     /// The file this was read from (for error messages).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -190,6 +194,7 @@ impl Config {
         self.analytics.validate(&f)?;
         self.dvm.validate(&f)?;
         self.archive.validate(&f)?;
+        self.fleet.validate(&f)?;
         check_all(
             &f,
             &[
@@ -298,6 +303,11 @@ mod tests {
                 format!("{:?}", shipped.archive),
                 format!("{:?}", defaults.archive),
             ),
+            (
+                "fleet",
+                format!("{:?}", shipped.fleet),
+                format!("{:?}", defaults.fleet),
+            ),
         ] {
             assert_eq!(
                 a, b,
@@ -376,6 +386,8 @@ mod tests {
                 "analytics.orphan_interval",
             ),
             ("[dvm]\njob_timeout = 1e12\n", "dvm.job_timeout"),
+            ("[fleet]\nlease_ttl_secs = 0\n", "fleet.lease_ttl_secs"),
+            ("[fleet]\nheartbeat_secs = nan\n", "fleet.heartbeat_secs"),
         ];
         for (text, key) in cases {
             let e = load_error(text);
@@ -414,6 +426,18 @@ mod tests {
         let e = Config::parse("[sync.timeouts.tor]\nconect = 1\n", Path::new("x.toml"))
             .expect_err("typo");
         assert!(e.to_string().contains("conect"), "{e}");
+    }
+
+    #[test]
+    fn fleet_heartbeat_must_be_below_the_lease_ttl() {
+        let e = load_error("[fleet]\nlease_ttl_secs = 10\nheartbeat_secs = 10\n");
+        assert!(
+            e.contains("`fleet.heartbeat_secs`") && e.contains("lease_ttl_secs"),
+            "{e}"
+        );
+        let ok = "[fleet]\nworker = \"a\"\nlease_ttl_secs = 3\nheartbeat_secs = 1\n";
+        let c = Config::parse(ok, Path::new("x.toml")).expect("parse");
+        c.validate().expect("heartbeat below the TTL is valid");
     }
 
     #[test]

@@ -487,6 +487,12 @@ pub fn render(engine: &EngineState, registry: Option<&[RegistryCount]>) -> Strin
         "Relay cursor rows written.",
         load(&k.cursor_writes),
     );
+    e.single(
+        "bigbrotr_fleet_cursor_fenced_total",
+        "counter",
+        "Cursor writes refused because the relay's lease moved to another worker.",
+        load(&k.cursor_fenced),
+    );
 
     let mut relays = engine.relays();
     relays.sort_by(|a, b| a.url.as_str().cmp(b.url.as_str()));
@@ -571,6 +577,8 @@ pub fn render(engine: &EngineState, registry: Option<&[RegistryCount]>) -> Strin
         }
     }
 
+    render_fleet(&mut e, &crate::fleet::GAUGES);
+
     if let Some(reg) = registry {
         e.family(
             "bigbrotr_registry_relays",
@@ -586,6 +594,62 @@ pub fn render(engine: &EngineState, registry: Option<&[RegistryCount]>) -> Strin
         }
     }
     e.out
+}
+
+/// This process's place in the fleet (`crate::fleet`): its leases, roles and lease traffic.
+fn render_fleet(e: &mut Expo, g: &crate::fleet::Gauges) {
+    if !g.joined.load(Relaxed) {
+        return;
+    }
+    e.single(
+        "bigbrotr_fleet_leases_held",
+        "gauge",
+        "Relay leases this worker holds (it syncs only these relays).",
+        load(&g.relays_held),
+    );
+    e.single(
+        "bigbrotr_fleet_workers_live",
+        "gauge",
+        "Workers whose heartbeat was current at this worker's last heartbeat.",
+        load(&g.live_workers),
+    );
+    e.family(
+        "bigbrotr_fleet_roles",
+        "gauge",
+        "1 while this worker holds the role (the side stage runs here).",
+    );
+    for r in crate::fleet::Role::ALL {
+        let held = g.roles[r as usize].load(Relaxed);
+        e.sample(
+            "bigbrotr_fleet_roles",
+            &[("role", r.as_str())],
+            u8::from(held),
+        );
+    }
+    for (name, help, v) in [
+        (
+            "bigbrotr_fleet_leases_acquired_total",
+            "Relay leases taken (free, expired or handed over).",
+            &g.acquired,
+        ),
+        (
+            "bigbrotr_fleet_leases_released_total",
+            "Relay leases given back (surplus over the fair share, relays that left).",
+            &g.released,
+        ),
+        (
+            "bigbrotr_fleet_leases_lost_total",
+            "Relay leases found taken by another worker (this one stalled or lost the database).",
+            &g.lost,
+        ),
+        (
+            "bigbrotr_fleet_queries_total",
+            "Lease statements run (heartbeats, renewals, takes, releases).",
+            &g.queries,
+        ),
+    ] {
+        e.single(name, "counter", help, load(v));
+    }
 }
 
 /// The HTTP server's own connection counters (see [`super::server`]).

@@ -211,6 +211,9 @@ pub struct RelayCtx {
     pub nip77: std::sync::atomic::AtomicU8,
     /// Whether the relay answers exact NIP-45 COUNTs, once known (same values as `nip77`).
     pub nip45: std::sync::atomic::AtomicU8,
+    /// The epoch of the fleet lease this relay is synced under (0: no lease, as in
+    /// `sync --once`): the sink writes the cursor only while the lease still has this epoch.
+    pub fence: std::sync::atomic::AtomicI64,
 }
 
 /// [`RelayCtx::nip77`]: not probed yet.
@@ -229,6 +232,7 @@ impl RelayCtx {
             progress: Progress::new(state),
             nip77: std::sync::atomic::AtomicU8::new(NIP77_UNKNOWN),
             nip45: std::sync::atomic::AtomicU8::new(NIP77_UNKNOWN),
+            fence: std::sync::atomic::AtomicI64::new(0),
         })
     }
 }

@@ -1,4 +1,4 @@
--- 016_metadata_only.sql
+-- 015_metadata_only.sql
 --
 -- A metadata-only archive ([archive] bodies = false, like BigBrotr's LilBrotr): events keep
 -- id, pubkey, created_at and kind (and their tag-index rows and sightings) while tags,
