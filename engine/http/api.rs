@@ -98,7 +98,9 @@ pub struct ApiDoc;
 
 /// The OpenAPI 3 document of this server.
 pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+    let mut doc = ApiDoc::openapi();
+    doc.merge(super::dashboard::DashboardDoc::openapi());
+    Json(doc)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1270,6 +1272,20 @@ pub async fn stats_relays(
 mod tests {
     use super::*;
     use crate::filter_sql::canonical_tag_prefix;
+
+    /// `/openapi.json` documents the dashboard's endpoints beside the API's.
+    #[tokio::test]
+    async fn openapi_lists_the_dashboard_endpoints() {
+        let Json(doc) = openapi_json().await;
+        let v = serde_json::to_value(doc).expect("json");
+        for path in [
+            "/api/events",
+            "/api/dashboard/overview",
+            "/api/dashboard/relays",
+        ] {
+            assert!(v["paths"].get(path).is_some(), "{path} in /openapi.json");
+        }
+    }
 
     fn filter(q: &str) -> Result<EventFilter, ApiError> {
         EventFilter::from_params(&Params::parse(Some(q))?, 500)
