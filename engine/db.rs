@@ -104,8 +104,10 @@ pub async fn ensure_archive_mode(pool: &Pool, bodies: bool, file: &str) -> anyho
         .get()
         .await
         .context("cannot get a database connection to check the archive mode")?;
-    let row = conn
-        .query_one(
+    // Unnamed statements (query_typed): PgBouncer in transaction mode before 1.21 loses
+    // named ones between transactions.
+    let rows = conn
+        .query_typed(
             "WITH rec AS ( \
                  INSERT INTO service_state (service_name, state_key, payload, updated_at) \
                  SELECT 'archive', 'mode', \
@@ -116,11 +118,11 @@ pub async fn ensure_archive_mode(pool: &Pool, bodies: bool, file: &str) -> anyho
              SELECT coalesce((SELECT (payload->>'bodies')::BOOLEAN FROM rec), \
                              (SELECT (payload->>'bodies')::BOOLEAN FROM service_state \
                               WHERE service_name = 'archive' AND state_key = 'mode'))",
-            &[&bodies],
+            &[(&bodies, tokio_postgres::types::Type::BOOL)],
         )
         .await
         .context("cannot read or record the archive mode")?;
-    let recorded: Option<bool> = row.get(0);
+    let recorded: Option<bool> = rows.first().and_then(|r| r.get(0));
     match recorded {
         Some(r) if r != bodies => {
             let (was, what) = match r {

@@ -108,13 +108,19 @@ pub async fn configure(pool: &Pool, on: bool) -> anyhow::Result<()> {
     let sql = if on {
         "UPDATE service_state SET payload = jsonb_build_object('done', false, 'after', ''), \
          updated_at = now_epoch() \
-         WHERE service_name = $1 AND state_key = '' AND (payload->>'off')::boolean IS TRUE"
+         WHERE service_name = $1 AND state_key = '' AND (payload->>'off')::boolean IS TRUE \
+         RETURNING 1"
     } else {
         "UPDATE service_state SET payload = jsonb_build_object('done', false, 'after', '', 'off', true), \
          updated_at = now_epoch() \
-         WHERE service_name = $1 AND state_key = '' AND (payload->>'off')::boolean IS NOT TRUE"
+         WHERE service_name = $1 AND state_key = '' AND (payload->>'off')::boolean IS NOT TRUE \
+         RETURNING 1"
     };
-    if conn.execute(sql, &[&SERVICE]).await? > 0 {
+    // An unnamed statement, as at every start (PgBouncer in transaction mode).
+    let changed = conn
+        .query_typed(sql, &[(&SERVICE, tokio_postgres::types::Type::TEXT)])
+        .await?;
+    if !changed.is_empty() {
         match on {
             true => tracing::info!("tag index turned on: indexing the archive in the background"),
             false => tracing::info!("tag index turned off: tag filters scan events.tags"),
