@@ -122,7 +122,21 @@ pub async fn ensure_archive_mode(pool: &Pool, bodies: bool, file: &str) -> anyho
         )
         .await
         .context("cannot read or record the archive mode")?;
-    let recorded: Option<bool> = rows.first().and_then(|r| r.get(0));
+    let mut recorded: Option<bool> = rows.first().and_then(|r| r.get(0));
+    if recorded.is_none() {
+        // Another engine recorded it at the same moment: our INSERT waited for its commit and
+        // did nothing, but the statement's snapshot predates that commit. A new statement
+        // sees the row.
+        let rows = conn
+            .query_typed(
+                "SELECT (payload->>'bodies')::BOOLEAN FROM service_state \
+                 WHERE service_name = 'archive' AND state_key = 'mode'",
+                &[],
+            )
+            .await
+            .context("cannot read the archive mode")?;
+        recorded = rows.first().and_then(|r| r.get(0));
+    }
     match recorded {
         Some(r) if r != bodies => {
             let (was, what) = match r {
