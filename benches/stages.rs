@@ -295,8 +295,88 @@ fn bench_reconcile(c: &mut Criterion) {
     g.finish();
 }
 
+/// The relay endpoint's side of NIP-77 (`engine/http/relay/negstore.rs`): a client holding
+/// 99 % of 1,000,000 archived ids (frames of 60,000 bytes, nostr-sdk's default) against the
+/// server's storage, negentropy's own vector beside the summed one the endpoint uses. Only the
+/// server's `reconcile` calls are timed (the client's work is the client's).
+fn bench_relay_neg(c: &mut Criterion) {
+    use bigbrotr::http::relay::negstore::SummedStorage;
+    use negentropy::{Id, Item, Negentropy, NegentropyStorageBase};
+    use std::time::{Duration, Instant};
+    const SERVER_FRAME: u64 = 524_288 / 2 - 1_024;
+    fn server_time<S: NegentropyStorageBase>(
+        server: &mut Negentropy<'_, S>,
+        client_items: &[(u64, [u8; 32])],
+    ) -> (Duration, usize, usize) {
+        let mut client = Negentropy::owned(neg_storage(client_items), 60_000).expect("client");
+        let mut msg = client.initiate().expect("initiate");
+        let (mut spent, mut rounds) = (Duration::ZERO, 1);
+        let (mut have, mut need) = (Vec::new(), Vec::new());
+        loop {
+            let t = Instant::now();
+            let reply = server.reconcile(&msg).expect("server reconcile");
+            spent += t.elapsed();
+            match client
+                .reconcile_with_ids(&reply, &mut have, &mut need)
+                .expect("client reconcile")
+            {
+                Some(m) => {
+                    rounds += 1;
+                    msg = m;
+                }
+                None => return (spent, rounds, need.len()),
+            }
+        }
+    }
+    let mut g = c.benchmark_group("relay_neg");
+    g.sample_size(10);
+    let n = 1_000_000;
+    let all = neg_items(n, 3);
+    let client: Vec<(u64, [u8; 32])> = all
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 100 != 50)
+        .map(|(_, x)| *x)
+        .collect();
+    let to_items = || -> Vec<Item> {
+        all.iter()
+            .map(|(t, id)| Item::with_timestamp_and_id(*t, Id::from_byte_array(*id)))
+            .collect()
+    };
+    g.bench_function("build_summed_1m", |b| {
+        b.iter_batched(to_items, SummedStorage::new, BatchSize::LargeInput)
+    });
+    let vector = neg_storage(&all);
+    let summed = SummedStorage::new(to_items());
+    let mut v = Negentropy::borrowed(&vector, SERVER_FRAME).expect("server");
+    let (_, rounds, missing) = server_time(&mut v, &client);
+    eprintln!("1M ids, client with 99 %: {rounds} rounds, {missing} found missing");
+    g.bench_function("server_vector_1m_99pct", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    let mut s = Negentropy::borrowed(&vector, SERVER_FRAME).expect("server");
+                    server_time(&mut s, &client).0
+                })
+                .sum()
+        })
+    });
+    g.bench_function("server_summed_1m_99pct", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    let mut s = Negentropy::borrowed(&summed, SERVER_FRAME).expect("server");
+                    server_time(&mut s, &client).0
+                })
+                .sum()
+        })
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
+    bench_relay_neg,
     bench_reconcile,
     bench_parse,
     bench_id,

@@ -61,6 +61,11 @@ static MIGRATIONS: &[(i32, &str, &str)] = &[
         "metadata_only",
         include_str!("../sql/015_metadata_only.sql"),
     ),
+    (
+        16,
+        "created_at_id_index",
+        include_str!("../sql/016_created_at_id_index.sql"),
+    ),
 ];
 
 /// Opens a pool of `size` connections to `url` (a libpq-style key=value string or a postgres:// URL); fails fast with a message naming the URL (password masked) if the server is unreachable.

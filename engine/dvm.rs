@@ -155,7 +155,9 @@ impl ArchiveBackend {
         let mut params = SqlParams::new();
         let conn = self.conn().await?;
         let tag_index = !f.tags.is_empty() && tag_index_ready(&conn).await;
-        let FilterSql { from, conditions } = conditions(f, tag_index, &mut params);
+        let FilterSql {
+            from, conditions, ..
+        } = conditions(f, tag_index, &mut params);
         let sql = format!("SELECT count(*) FROM {from} WHERE TRUE{conditions}");
         let row = conn
             .query_one(&sql, &refs(&params))
@@ -179,7 +181,9 @@ impl ArchiveBackend {
         let mut params = SqlParams::new();
         let conn = self.conn().await?;
         let tag_index = !f.tags.is_empty() && tag_index_ready(&conn).await;
-        let FilterSql { from, conditions } = conditions(f, tag_index, &mut params);
+        let FilterSql {
+            from, conditions, ..
+        } = conditions(f, tag_index, &mut params);
         let n = push(
             Box::new(i64::try_from(limit).unwrap_or(i64::MAX)),
             &mut params,

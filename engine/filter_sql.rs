@@ -53,6 +53,9 @@ pub struct FilterSql {
     pub from: String,
     /// ` AND <condition>` for each condition.
     pub conditions: String,
+    /// The newest-first order (`<created_at> DESC, <id> DESC`) in the columns of the table
+    /// that drives the query, so that a tag index range scan serves `ORDER BY … LIMIT`.
+    pub order: &'static str,
 }
 
 /// Whether `event_tags` covers every event (the backfill of migration 013 has finished).
@@ -120,12 +123,17 @@ impl Conditions<'_> {
             let (letter, values) = &self.tags[d];
             let keys = filter_keys(letter, values);
             match keys.len() {
-                0 => sql.push_str(" AND FALSE"),
+                0 => {
+                    // Nothing can match; `t` still names the columns the ranges use.
+                    from = "event_tags AS t JOIN events AS e ON e.id = t.event_id".into();
+                    sql.push_str(" AND FALSE");
+                }
                 1 => {
                     let k = push(Box::new(keys[0].clone()), params);
-                    from = "event_tags AS t JOIN events AS e \
-                            ON e.id = t.event_id AND e.created_at = t.created_at"
-                        .into();
+                    // Joined on the id alone: adding `created_at` (equal by construction)
+                    // makes PostgreSQL multiply the two selectivities, expect one row, and
+                    // sort every match of a hot value instead of reading the index in order.
+                    from = "event_tags AS t JOIN events AS e ON e.id = t.event_id".into();
                     sql.push_str(&format!(" AND t.tag = ${k}"));
                     if let Some(kinds) = &self.kinds {
                         let n = push(Box::new(kinds.clone()), params);
@@ -133,17 +141,27 @@ impl Conditions<'_> {
                     }
                 }
                 _ => {
+                    let kinds = self
+                        .kinds
+                        .as_ref()
+                        .map(|k| push(Box::new(k.clone()), params));
                     let branches: Vec<String> = keys
                         .into_iter()
                         .map(|k| {
                             let n = push(Box::new(k), params);
-                            format!("SELECT created_at, event_id FROM event_tags WHERE tag = ${n}")
+                            let by_kind = kinds
+                                .map(|m| format!(" AND kind = ANY(${m})"))
+                                .unwrap_or_default();
+                            format!(
+                                "SELECT created_at, event_id FROM event_tags \
+                                 WHERE tag = ${n}{by_kind}"
+                            )
                         })
                         .collect();
                     from = format!(
                         "(SELECT DISTINCT ON (u.created_at, u.event_id) u.created_at, u.event_id \
                           FROM ({}) AS u ORDER BY u.created_at DESC, u.event_id DESC) AS t \
-                         JOIN events AS e ON e.id = t.event_id AND e.created_at = t.created_at",
+                         JOIN events AS e ON e.id = t.event_id",
                         branches.join(" UNION ALL ")
                     );
                 }
@@ -217,6 +235,10 @@ impl Conditions<'_> {
         FilterSql {
             from,
             conditions: sql,
+            order: match driver {
+                Some(_) => "t.created_at DESC, t.event_id DESC",
+                None => "e.created_at DESC, e.id DESC",
+            },
         }
     }
 }

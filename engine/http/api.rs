@@ -902,7 +902,7 @@ impl EventFilter {
             &mut params,
         );
         sql.push_str(&format!(
-            " ORDER BY e.created_at DESC, e.id DESC LIMIT ${n}
+            " ORDER BY {} LIMIT ${n}
              ), w AS (
                  SELECT id, created_at,
                         sum(sz) OVER (ORDER BY created_at DESC, id DESC
@@ -914,7 +914,8 @@ impl EventFilter {
                     e.raw_canonical, w.found
              FROM w JOIN events AS e ON e.id = w.id
              WHERE w.before < ${b}
-             ORDER BY w.created_at DESC, w.id DESC"
+             ORDER BY w.created_at DESC, w.id DESC",
+            f.order
         ));
         (sql, params)
     }

@@ -24,6 +24,7 @@
 //! and a queue of at most `http.relay_max_outbound_bytes` towards a client that does not read,
 //! past which the connection is closed (a query answering into a full queue stops at once).
 
+pub mod negstore;
 pub mod query;
 
 use super::server::ConnSlot;
@@ -40,7 +41,8 @@ use axum::response::{IntoResponse, Response};
 use bigbrotr_stages::dvm::jobs::Filter;
 use bigbrotr_stages::model::json;
 use futures_util::{SinkExt, StreamExt};
-use negentropy::{Id, Negentropy, NegentropyStorageVector};
+use negentropy::{Id, Item, Negentropy};
+use negstore::SummedStorage;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -300,7 +302,7 @@ impl Outbox {
 
 /// One NIP-77 reconciliation, holding its share of `http.relay_max_neg_sessions`.
 struct NegSession {
-    neg: Negentropy<'static, NegentropyStorageVector>,
+    neg: Negentropy<'static, SummedStorage>,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -733,13 +735,13 @@ impl Session {
                 ))
                 .await;
         }
-        let mut storage = NegentropyStorageVector::with_capacity(items.len());
-        for (ts, id) in items {
-            let _ = storage.insert(ts, Id::from_byte_array(id));
-        }
-        let neg = storage
-            .seal()
-            .and_then(|()| Negentropy::owned(storage, relay.frame_limit));
+        let storage = SummedStorage::new(
+            items
+                .into_iter()
+                .map(|(ts, id)| Item::with_timestamp_and_id(ts, Id::from_byte_array(id)))
+                .collect(),
+        );
+        let neg = Negentropy::owned(storage, relay.frame_limit);
         let mut neg = match neg {
             Ok(n) => n,
             Err(e) => return out.send(neg_err(sub, &format!("error: {e}"))).await,

@@ -71,8 +71,8 @@ pub async fn events(
         "SELECT e.id, e.pubkey, e.created_at, e.kind, e.tags::text, e.content, e.sig,
                 e.raw_canonical
          FROM {} WHERE TRUE{}
-         ORDER BY e.created_at DESC, e.id DESC LIMIT ${n}",
-        sql_f.from, sql_f.conditions
+         ORDER BY {} LIMIT ${n}",
+        sql_f.from, sql_f.conditions, sql_f.order
     );
     conn.query_raw(&sql, refs(&params)).await
 }
@@ -122,8 +122,8 @@ pub async fn neg_items(
     let s = conditions(f, tag_index).build(&mut params);
     let cap = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
     let (order, n) = match f.limit {
-        Some(l) if l < cap => ("ORDER BY e.created_at DESC, e.id DESC", l),
-        _ => ("", cap),
+        Some(l) if l < cap => (format!("ORDER BY {}", s.order), l),
+        _ => (String::new(), cap),
     };
     let n = push(Box::new(i64::try_from(n).unwrap_or(i64::MAX)), &mut params);
     let sql = format!(
