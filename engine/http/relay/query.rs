@@ -132,15 +132,22 @@ pub async fn neg_items(
     );
     let rows = conn.query_raw(&sql, refs(&params)).await?;
     let mut rows = std::pin::pin!(rows);
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(n_hint(f.limit, max));
     while let Some(r) = rows.try_next().await? {
         let ts: i64 = r.try_get(0)?;
-        let id: Vec<u8> = r.try_get(1)?;
-        if let Ok(id) = <[u8; 32]>::try_from(id.as_slice()) {
+        // Borrowed from the row: a million ids, no allocation each.
+        let id: &[u8] = r.try_get(1)?;
+        if let Ok(id) = <[u8; 32]>::try_from(id) {
             out.push((u64::try_from(ts).unwrap_or(0), id));
         }
     }
     Ok(out)
+}
+
+/// Room for the ids a NEG-OPEN may load: its limit, else up to 1,000,000 (more grow the vector).
+fn n_hint(limit: Option<u64>, max: usize) -> usize {
+    let cap = limit.map_or(max, |l| usize::try_from(l).unwrap_or(max).min(max));
+    cap.min(1_000_000)
 }
 
 /// Rebuilds the signed event of an `events` row selected as `id, pubkey, created_at, kind,
