@@ -183,6 +183,7 @@ async fn bad_messages_get_clear_answers_and_the_connection_keeps_serving() {
         (json!(["NEG-OPEN", "n", {"kinds": [1]}, "6100000200"]).to_string(), "NEG-ERR", "blocked: more than 100 events match"),
         (json!(["NEG-OPEN", "n", {"kinds": [1]}, "zz"]).to_string(), "NEG-ERR", "error: the initial message is not hex"),
     ];
+    let notice_cases = cases.iter().filter(|c| c.1 == "NOTICE").count();
     for (msg, verb, reason) in cases {
         send(&mut ws, msg.clone()).await;
         let v = expect(&mut ws, verb).await;
@@ -217,6 +218,42 @@ async fn bad_messages_get_clear_answers_and_the_connection_keeps_serving() {
     send(&mut ws, json!(["COUNT", "c", {"#t": ["t0"]}]).to_string()).await;
     let v = expect(&mut ws, "COUNT").await;
     assert_eq!(v[2]["count"], 400);
+
+    // /metrics carries the endpoint's counters, as the endpoint counted them.
+    let stats = &server.relay().expect("relay on").stats;
+    let text = tokio::time::timeout(
+        WAIT,
+        reqwest::get(format!("http://{}/metrics", server.addr())),
+    )
+    .await
+    .expect("metrics in time")
+    .expect("metrics")
+    .text()
+    .await
+    .expect("metrics body");
+    let metric = |line: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{line} missing from /metrics:\n{text}"))
+    };
+    let notices = stats.notices.load(Relaxed);
+    assert!(notices as usize > notice_cases, "{notices} notices");
+    assert_eq!(metric("bigbrotr_relay_endpoint_notices_total "), notices);
+    assert_eq!(
+        metric("bigbrotr_relay_endpoint_requests_total{verb=\"count\"} "),
+        stats.counts.load(Relaxed)
+    );
+    assert!(stats.counts.load(Relaxed) >= 1);
+    assert_eq!(
+        metric("bigbrotr_relay_endpoint_requests_total{verb=\"req\"} "),
+        stats.reqs.load(Relaxed)
+    );
+    assert!(stats.reqs.load(Relaxed) >= 1);
+    assert_eq!(metric("bigbrotr_relay_endpoint_connections_open "), 1);
+    assert_eq!(
+        metric("bigbrotr_relay_endpoint_events_sent_total "),
+        stats.events_sent.load(Relaxed)
+    );
     server.shutdown().await;
 }
 

@@ -112,6 +112,9 @@ pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
     let registry = s.registry.current(pool).await;
     let mut body = render(&s.engine, registry.as_deref());
     body.push_str(&render_connections(&s.conns));
+    if let Some(relay) = &s.relay {
+        body.push_str(&render_relay_endpoint(&relay.stats));
+    }
     if let Some(lag) = ANALYTICS_LAG.current(&s.pool).await {
         body.push_str(&render_analytics_lag(&lag));
     }
@@ -160,6 +163,63 @@ impl LagCache {
         }
         self.data.read().ok().and_then(|d| *d)
     }
+}
+
+/// The relay endpoint's counters (`http.relay`): clients that reach the archive with Nostr
+/// tools, and the bounds that cut the misbehaving ones off.
+pub fn render_relay_endpoint(r: &super::relay::RelayStats) -> String {
+    let mut e = Expo {
+        out: String::with_capacity(2048),
+    };
+    let load = |a: &AtomicU64| a.load(Relaxed);
+    e.single(
+        "bigbrotr_relay_endpoint_connections_open",
+        "gauge",
+        "Relay endpoint connections open now (at most http.relay_max_connections).",
+        load(&r.open),
+    );
+    e.single(
+        "bigbrotr_relay_endpoint_connections_accepted_total",
+        "counter",
+        "Relay endpoint connections accepted.",
+        load(&r.accepted),
+    );
+    e.single(
+        "bigbrotr_relay_endpoint_connections_refused_total",
+        "counter",
+        "Relay endpoint upgrades refused (503) because http.relay_max_connections were open.",
+        load(&r.refused),
+    );
+    let name = "bigbrotr_relay_endpoint_closed_total";
+    e.family(
+        name,
+        "counter",
+        "Relay endpoint connections closed by the server, by reason (slow: a client not reading its answers; idle: http.relay_idle_timeout_ms).",
+    );
+    e.sample(name, &[("reason", "slow")], load(&r.slow_closed));
+    e.sample(name, &[("reason", "idle")], load(&r.idle_closed));
+    let name = "bigbrotr_relay_endpoint_requests_total";
+    e.family(
+        name,
+        "counter",
+        "Relay endpoint requests answered, by verb (REQ up to its EOSE, COUNT, NEG: NEG-OPEN and NEG-MSG).",
+    );
+    e.sample(name, &[("verb", "req")], load(&r.reqs));
+    e.sample(name, &[("verb", "count")], load(&r.counts));
+    e.sample(name, &[("verb", "neg")], load(&r.neg_msgs));
+    e.single(
+        "bigbrotr_relay_endpoint_events_sent_total",
+        "counter",
+        "Archived events sent to relay endpoint clients.",
+        load(&r.events_sent),
+    );
+    e.single(
+        "bigbrotr_relay_endpoint_notices_total",
+        "counter",
+        "Relay endpoint messages answered with a NOTICE (malformed, unknown verb, too large).",
+        load(&r.notices),
+    );
+    e.out
 }
 
 /// The analytics refresher's lag as two gauges.
