@@ -19,6 +19,7 @@ COPY testkit testkit
 COPY sql sql
 COPY config config
 COPY benches benches
+COPY vendor vendor
 RUN cargo build --release --locked --bin bigbrotr && strip target/release/bigbrotr
 
 FROM debian:bookworm-slim

@@ -177,6 +177,23 @@ fn dockerfile_is_multi_stage_non_root_with_a_health_check() {
         );
     }
 
+    // Crates patched from the tree (`[patch.crates-io]` paths) are build inputs too.
+    let manifest: toml::Value = toml::from_str(&read("Cargo.toml")).expect("Cargo.toml");
+    let patched = manifest
+        .get("patch")
+        .and_then(|p| p.get("crates-io"))
+        .and_then(toml::Value::as_table)
+        .cloned()
+        .unwrap_or_default();
+    for (name, spec) in patched {
+        if let Some(path) = spec.get("path").and_then(toml::Value::as_str) {
+            assert!(
+                inputs.iter().any(|i| repo().join(path).starts_with(i)),
+                "patched crate {name} ({path}) is not copied into the build stage"
+            );
+        }
+    }
+
     // Non-root, created in the image.
     let user = find(runtime, "USER").last().expect("USER").args.clone();
     assert!(
