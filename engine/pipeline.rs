@@ -42,7 +42,13 @@ pub struct Stats {
     /// Depth of each channel: (name, events queued (chunks × CHUNK, an upper bound), capacity
     /// in events).
     pub depths: Arc<dyn Fn() -> Vec<(&'static str, usize, usize)> + Send + Sync>,
+    /// The sink's feed of committed events (subscribe for live events).
+    pub committed: sink::Committed,
 }
+
+/// Committed batches a live subscriber may fall behind by before it is told it lagged: the
+/// memory held for a slow subscriber is at most this many batches.
+const LIVE_BATCHES: usize = 16;
 
 /// A running pipeline: hand it connectors, then `finish` it.
 pub struct Pipeline {
@@ -97,6 +103,7 @@ impl Pipeline {
         }
         let dedupe_stats = dedupe.stats.clone();
         let sink_stats = Arc::new(SinkStats::default());
+        let (committed, _) = tokio::sync::broadcast::channel(LIVE_BATCHES);
 
         let archive = Archive::new(pool.clone());
         let verify_done = pool_v
@@ -116,6 +123,7 @@ impl Pipeline {
                     sink_stats.clone(),
                     p.sink_writers,
                     cfg.archive.layout(),
+                    committed.clone(),
                 ),
             ),
         ];
@@ -147,6 +155,7 @@ impl Pipeline {
                 dedupe: dedupe_stats,
                 sink: sink_stats,
                 depths,
+                committed,
             },
         }
     }

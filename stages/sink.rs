@@ -652,6 +652,13 @@ async fn flush_cursors(pool: &Pool, relays: &[Relay], stats: &SinkStats) {
     }
 }
 
+/// The events of each committed batch, for live subscribers (the relay endpoint streams them
+/// after EOSE). A batch is sent only while someone subscribes, so the feed costs nothing
+/// otherwise; a subscriber that falls behind the channel's capacity is told it lagged (tokio's
+/// broadcast), never blocks the sink. Events a staged batch found already archived are sent
+/// too (a re-sync's overlap): a subscriber may see an id twice, never a forged one.
+pub type Committed = tokio::sync::broadcast::Sender<Arc<[Event]>>;
+
 /// Runs until the batch channel closes: writes batches on up to `writers` connections at once,
 /// acknowledges each after its commit, persists cursors (also those moved by rejections
 /// upstream, announced on `cursors`).
@@ -668,6 +675,7 @@ pub async fn run(
     stats: Arc<SinkStats>,
     writers: usize,
     layout: Layout,
+    committed: Committed,
 ) {
     let writers = writers.max(1);
     let mut input_open = true;
@@ -692,6 +700,9 @@ pub async fn run(
             Some((batch, fell_back)) = futures_util::StreamExt::next(&mut in_flight) => {
                 if fell_back {
                     staged_for = STAGED_AFTER_FALLBACK;
+                }
+                if committed.receiver_count() > 0 && !batch.events.is_empty() {
+                    let _ = committed.send(batch.events.clone().into());
                 }
                 let touched = acknowledge(&batch);
                 flush_cursors(&pool, &touched, &stats).await;

@@ -399,3 +399,175 @@ async fn oversized_slow_excess_and_idle_clients_do_not_stop_the_server() {
         .expect("the server stops with a relay connection open");
     assert!(recv(&mut fresh).await.is_none(), "closed by the stop");
 }
+
+/// Archives `evs` through a running pipeline (one connector pass over a test relay serving
+/// them), as `bigbrotr run` does while the endpoint serves.
+async fn archive_live(
+    pipeline: &bigbrotr::pipeline::Pipeline,
+    cfg: &bigbrotr::config::Config,
+    evs: Vec<GenEvent>,
+) {
+    let relay = TestRelay::start(evs, Behavior::default())
+        .await
+        .expect("relay");
+    let url = relay_url(&relay.url());
+    let ctx = bigbrotr::stages::model::RelayCtx::new(
+        url.clone(),
+        bigbrotr::stages::model::CursorState::default(),
+    );
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(120),
+        pipeline
+            .connector(ctx, Arc::new(cfg.sync_for(&url, true)))
+            .run(),
+    )
+    .await
+    .expect("the pass ends in time");
+    assert!(
+        matches!(outcome, bigbrotr::stages::connect::Outcome::Synced),
+        "{outcome:?}"
+    );
+}
+
+/// The ids of the next `n` EVENTs on `ws` for subscription `sub`; any other message fails.
+async fn live_ids(ws: &mut Ws, sub: &str, n: usize) -> std::collections::BTreeSet<String> {
+    let mut got = std::collections::BTreeSet::new();
+    while got.len() < n {
+        let v = expect(ws, "EVENT").await;
+        assert_eq!(v[1], sub, "{v}");
+        got.insert(v[2]["id"].as_str().expect("id").to_string());
+    }
+    got
+}
+
+/// After EOSE a subscription stays open: events the engine archives from then on reach it when
+/// they match its filters, and only those; CLOSE stops them. A subscriber that never reads
+/// while thousands of events are archived is cut off (its queue is bounded), the pipeline is
+/// not held back, and the other subscriber gets every matching event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_subscriptions_get_newly_archived_events() {
+    let (pool, db) = test_db().await;
+    let mut cfg = config(&db);
+    cfg.http.listen = "127.0.0.1:0".into();
+    cfg.http.relay_max_outbound_bytes = 65_536;
+    let http = Http::bind(&cfg, &db, pool.clone())
+        .await
+        .expect("bind")
+        .expect("http configured");
+    let pipeline = bigbrotr::pipeline::Pipeline::start(&cfg, pool.clone());
+    let state = Arc::new(EngineState::new(pipeline.stats.clone()));
+    state.ready.store(true, Relaxed);
+    let server = http.spawn(state);
+    let stats = &server.relay().expect("relay on").stats;
+
+    let key = secp256k1::Keypair::from_secret_bytes([9u8; 32]).expect("key");
+    let ev = |i: i64, kind: u16, t: &str| {
+        sign(
+            &key,
+            1_700_000_000 + i,
+            kind,
+            &[vec!["t".into(), t.into()]],
+            &format!("live {i}"),
+        )
+    };
+    let mut ws = connect(&server).await;
+    send(
+        &mut ws,
+        json!(["REQ", "live", {"kinds": [1], "#t": ["live"]}]).to_string(),
+    )
+    .await;
+    expect(&mut ws, "EOSE").await;
+    send(
+        &mut ws,
+        json!(["REQ", "none", {"#t": ["nothing"]}]).to_string(),
+    )
+    .await;
+    expect(&mut ws, "EOSE").await;
+
+    // Five match; a kind 7 with the tag and a kind 1 with another tag do not.
+    let matching: Vec<GenEvent> = (0..5).map(|i| ev(i, 1, "live")).collect();
+    let mut batch = matching.clone();
+    batch.push(ev(10, 7, "live"));
+    batch.push(ev(11, 1, "other"));
+    archive_live(&pipeline, &cfg, batch).await;
+    let want: std::collections::BTreeSet<String> =
+        matching.iter().map(|e| hex::encode(e.id)).collect();
+    assert_eq!(live_ids(&mut ws, "live", 5).await, want);
+    // Sent as signed: the JSON the relay served, byte for byte, is what the client reads.
+    assert_eq!(stats.live_events.load(Relaxed), 5);
+
+    // CLOSE stops "live"; a new subscription for every kind 1 gets the next events, and
+    // "live" gets none of them (they would have matched it).
+    send(&mut ws, json!(["CLOSE", "live"]).to_string()).await;
+    send(
+        &mut ws,
+        json!(["REQ", "all", {"kinds": [1], "since": 1_700_000_100}]).to_string(),
+    )
+    .await;
+    expect(&mut ws, "EOSE").await;
+    let later: Vec<GenEvent> = (100..103).map(|i| ev(i, 1, "live")).collect();
+    archive_live(&pipeline, &cfg, later.clone()).await;
+    let want: std::collections::BTreeSet<String> =
+        later.iter().map(|e| hex::encode(e.id)).collect();
+    assert_eq!(live_ids(&mut ws, "all", 3).await, want);
+
+    // A subscriber that never reads, on a small receive buffer, while 4,000 events of ~4 KB
+    // are archived: it is closed once its bounded queue is full; `ws` gets them all.
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let stream = sock.connect(server.addr()).await.expect("tcp");
+    let (mut deaf, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async(
+            format!("ws://{}/", server.addr()),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        ),
+    )
+    .await
+    .expect("in time")
+    .expect("handshake");
+    send(
+        &mut deaf,
+        json!(["REQ", "deaf", {"kinds": [1]}]).to_string(),
+    )
+    .await;
+    let slow_before = stats.slow_closed.load(Relaxed);
+    let pad = "y".repeat(4000);
+    let flood: Vec<GenEvent> = (1000..5000)
+        .map(|i| {
+            sign(
+                &key,
+                1_700_000_000 + i,
+                1,
+                &[vec!["t".into(), "flood".into()]],
+                &format!("{i} {pad}"),
+            )
+        })
+        .collect();
+    let want: std::collections::BTreeSet<String> =
+        flood.iter().map(|e| hex::encode(e.id)).collect();
+    // `ws` reads while the events are archived (a reader that waited would be cut off too).
+    let ((), got) = tokio::join!(
+        archive_live(&pipeline, &cfg, flood.clone()),
+        live_ids(&mut ws, "all", flood.len())
+    );
+    assert_eq!(got, want);
+    let mut waited = 0;
+    while stats.slow_closed.load(Relaxed) == slow_before {
+        assert!(waited < 600, "the deaf subscriber was never cut off");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    drop(deaf);
+    let n: i64 = pool
+        .get()
+        .await
+        .expect("conn")
+        .query_one("SELECT count(*) FROM events", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(n, 7 + 3 + 4000, "everything archived");
+    server.shutdown().await;
+    pipeline.finish().await.expect("drain");
+}

@@ -214,6 +214,18 @@ pub fn render_relay_endpoint(r: &super::relay::RelayStats) -> String {
         load(&r.events_sent),
     );
     e.single(
+        "bigbrotr_relay_endpoint_live_events_total",
+        "counter",
+        "Events sent to open subscriptions after their EOSE, as the sink committed them (also in events_sent).",
+        load(&r.live_events),
+    );
+    e.single(
+        "bigbrotr_relay_endpoint_live_lagged_total",
+        "counter",
+        "Subscriptions closed because their connection fell behind the live feed (the client is told to resubscribe with since).",
+        load(&r.live_lagged),
+    );
+    e.single(
         "bigbrotr_relay_endpoint_notices_total",
         "counter",
         "Relay endpoint messages answered with a NOTICE (malformed, unknown verb, too large).",

@@ -24,6 +24,7 @@
 //! and a queue of at most `http.relay_max_outbound_bytes` towards a client that does not read,
 //! past which the connection is closed (a query answering into a full queue stops at once).
 
+pub mod live;
 pub mod negstore;
 pub mod query;
 
@@ -39,7 +40,8 @@ use axum::http::header::{ACCEPT, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bigbrotr_stages::dvm::jobs::Filter;
-use bigbrotr_stages::model::json;
+use bigbrotr_stages::model::{json, Event};
+use bigbrotr_stages::sink::Committed;
 use futures_util::{SinkExt, StreamExt};
 use negentropy::{Id, Item, Negentropy};
 use negstore::SummedStorage;
@@ -48,7 +50,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{broadcast, mpsc, watch, OwnedSemaphorePermit, Semaphore};
 
 /// NIPs the endpoint answers, for NIP-11.
 pub const SUPPORTED_NIPS: [u16; 4] = [1, 11, 45, 77];
@@ -93,6 +96,10 @@ pub struct RelayStats {
     pub neg_msgs: AtomicU64,
     /// Messages answered with a NOTICE (malformed, unknown, too large).
     pub notices: AtomicU64,
+    /// Live events sent after EOSE (also counted in `events_sent`).
+    pub live_events: AtomicU64,
+    /// Live subscriptions closed because their connection fell behind the feed.
+    pub live_lagged: AtomicU64,
 }
 
 /// The relay endpoint's settings and shared state.
@@ -215,6 +222,7 @@ pub async fn root(
                 .into_response();
         };
         let slot = slot.ok().map(|Extension(s)| s);
+        let feed = s.engine.pipeline.committed.clone();
         // tungstenite refuses (and closes on) a message over twice the limit before holding
         // it whole; between the two, the message is answered with a NOTICE.
         let hard = relay.max_message_bytes.saturating_mul(2);
@@ -228,7 +236,7 @@ pub async fn root(
             .on_upgrade(move |socket| async move {
                 relay.stats.accepted.fetch_add(1, Relaxed);
                 relay.stats.open.fetch_add(1, Relaxed);
-                Session::new(relay.clone(), pool).serve(socket).await;
+                Session::new(relay.clone(), pool, feed).serve(socket).await;
                 relay.stats.open.fetch_sub(1, Relaxed);
                 drop(permit);
                 drop(slot);
@@ -310,8 +318,28 @@ struct NegSession {
 struct Session {
     relay: Arc<Relay>,
     pool: Pool,
-    subs: HashSet<String>,
+    /// Open subscriptions and their filters (empty while the REQ's stored events are sent).
+    subs: HashMap<String, Vec<Filter>>,
     negs: HashMap<String, NegSession>,
+    /// The sink's feed, subscribed to while a subscription is open.
+    feed: Committed,
+    live: Option<broadcast::Receiver<Arc<[Event]>>>,
+}
+
+/// What woke a connection up.
+enum Wake {
+    Client(Result<Option<Result<Message, axum::Error>>, tokio::time::error::Elapsed>),
+    Live(Result<Arc<[Event]>, RecvError>),
+}
+
+/// The next committed batch, or never when the connection holds no subscription.
+async fn next_live(
+    live: &mut Option<broadcast::Receiver<Arc<[Event]>>>,
+) -> Result<Arc<[Event]>, RecvError> {
+    match live {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// `["NOTICE", text]`.
@@ -363,13 +391,67 @@ fn db_reason(e: &tokio_postgres::Error) -> String {
 }
 
 impl Session {
-    fn new(relay: Arc<Relay>, pool: Pool) -> Session {
+    fn new(relay: Arc<Relay>, pool: Pool, feed: Committed) -> Session {
         Session {
             relay,
             pool,
-            subs: HashSet::new(),
+            subs: HashMap::new(),
             negs: HashMap::new(),
+            feed,
+            live: None,
         }
+    }
+
+    /// Sends the events of a committed batch that match an open subscription; on a lag,
+    /// closes the live subscriptions with the reason (their clients resubscribe with `since`).
+    async fn deliver(
+        &mut self,
+        batch: Result<Arc<[Event]>, RecvError>,
+        out: &Outbox,
+    ) -> Result<(), End> {
+        let events = match batch {
+            Ok(b) => b,
+            Err(RecvError::Closed) => {
+                self.live = None;
+                return Ok(());
+            }
+            Err(RecvError::Lagged(n)) => {
+                let live: Vec<String> = self
+                    .subs
+                    .iter()
+                    .filter(|(_, f)| !f.is_empty())
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                for sub in live {
+                    self.subs.remove(&sub);
+                    self.relay.stats.live_lagged.fetch_add(1, Relaxed);
+                    out.send(closed(
+                        &sub,
+                        &format!("error: this connection fell behind the archive's live events ({n} batches missed); subscribe again with since to catch up"),
+                    ))
+                    .await?;
+                }
+                if self.subs.is_empty() {
+                    self.live = None;
+                }
+                return Ok(());
+            }
+        };
+        for ev in events.iter() {
+            let mut keys = live::EventKeys::new(ev);
+            let mut json: Option<String> = None;
+            for (sub, filters) in &self.subs {
+                if !filters.iter().any(|f| live::matches(f, &mut keys)) {
+                    continue;
+                }
+                let body = json.get_or_insert_with(|| ev.to_json());
+                out.send(format!("[\"EVENT\",{},{body}]", json!(sub)))
+                    .await?;
+                self.relay.stats.events_sent.fetch_add(1, Relaxed);
+                self.relay.stats.live_events.fetch_add(1, Relaxed);
+            }
+        }
+        Ok(())
     }
 
     /// Serves the socket until the client leaves, idles past the timeout, stops reading, or
@@ -397,8 +479,9 @@ impl Session {
         let mut stop = self.relay.stop.clone();
         let idle = self.relay.idle_timeout;
         let end = loop {
-            let next = tokio::select! {
-                n = tokio::time::timeout(idle, stream.next()) => n,
+            let wake = tokio::select! {
+                n = tokio::time::timeout(idle, stream.next()) => Wake::Client(n),
+                b = next_live(&mut self.live) => Wake::Live(b),
                 // A dropped server handle detaches the server: only a real stop ends sockets.
                 _ = async {
                     if stop.wait_for(|s| *s).await.is_err() {
@@ -406,6 +489,13 @@ impl Session {
                     }
                 } => break None,
                 _ = out.tx.closed() => break Some(End::Gone),
+            };
+            let next = match wake {
+                Wake::Client(n) => n,
+                Wake::Live(b) => match self.deliver(b, &out).await {
+                    Ok(()) => continue,
+                    Err(e) => break Some(e),
+                },
             };
             let msg = match next {
                 Err(_) => {
@@ -517,6 +607,9 @@ impl Session {
                     }
                     _ => {
                         self.subs.remove(&sub);
+                        if self.subs.is_empty() {
+                            self.live = None;
+                        }
                         Ok(())
                     }
                 }
@@ -579,7 +672,7 @@ impl Session {
                 ))
                 .await;
         }
-        if !self.subs.contains(sub) && self.subs.len() >= relay.max_subscriptions {
+        if !self.subs.contains_key(sub) && self.subs.len() >= relay.max_subscriptions {
             return out.send(closed(
                 sub,
                 &format!(
@@ -595,7 +688,11 @@ impl Session {
                 return out.send(closed(sub, &why)).await;
             }
         };
-        self.subs.insert(sub.to_string());
+        // Pending (no filters) until EOSE: live events committed meanwhile wait in the feed.
+        self.subs.insert(sub.to_string(), Vec::new());
+        if self.live.is_none() {
+            self.live = Some(self.feed.subscribe());
+        }
         let pool = self.pool.clone();
         let conn = match checkout(&pool).await {
             Ok(c) => c,
@@ -653,7 +750,10 @@ impl Session {
             }
         }
         relay.stats.reqs.fetch_add(1, Relaxed);
-        out.send(json!(["EOSE", sub]).to_string()).await
+        out.send(json!(["EOSE", sub]).to_string()).await?;
+        // Open until CLOSE: from now on, committed events matching a filter are sent.
+        self.subs.insert(sub.to_string(), filters);
+        Ok(())
     }
 
     async fn count(&mut self, sub: &str, raw: &[Value], out: &Outbox) -> Result<(), End> {
