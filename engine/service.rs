@@ -20,9 +20,13 @@
 //!                              │                       │ Batch
 //!                              │                       ▼
 //!                              └── cursor acks ◄─── sink (COPY, commit, cursors)
+//!                                                      │ committed (broadcast, lossy:
+//!                                                      ▼  a laggard is told, never waited on)
+//!                                            HTTP relay endpoint (live events after EOSE)
 //!
 //!   beside them, reading the archive: analytics (summary tables, orphan cleanup),
-//!   DVM (NIP-90 jobs over relays), HTTP (health, metrics, API; also reads the engine state)
+//!   DVM (NIP-90 jobs over relays), HTTP (health, metrics, API, the archive as a relay;
+//!   also reads the engine state)
 //! ```
 //!
 //! The feedback loops close through the registry: the finder announces validated relays on

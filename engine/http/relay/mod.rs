@@ -2,8 +2,8 @@
 //!
 //! - `REQ` answers the stored events matching its filters (NIP-01, rebuilt exactly as signed), newest first, then `EOSE`; `limit` is
 //!   capped at `http.max_limit` (and is that cap when absent). The subscription stays open
-//!   until `CLOSE` (no live events are sent after `EOSE`), so it counts in
-//!   `http.relay_max_subscriptions`.
+//!   until `CLOSE`, so it counts in `http.relay_max_subscriptions`, and gets the matching
+//!   events the sink commits after its `EOSE` ([`live`]: the sink's committed feed).
 //! - `COUNT` (NIP-45) answers `{"count": n}`, the distinct events matching any filter.
 //! - `NEG-OPEN`/`NEG-MSG`/`NEG-CLOSE` (NIP-77): the server side of a negentropy
 //!   reconciliation over the (created_at, id) pairs matching the filter, at most
