@@ -87,6 +87,24 @@ async fn wait_open(stats: &bigbrotr::http::relay::RelayStats, n: u64) {
     }
 }
 
+/// A client on a 4 KB receive buffer, for a test to leave unread.
+async fn never_reading(server: &Server) -> Ws {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("rcvbuf");
+    let stream = sock.connect(server.addr()).await.expect("tcp");
+    let (ws, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::client_async(
+            format!("ws://{}/", server.addr()),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        ),
+    )
+    .await
+    .expect("in time")
+    .expect("handshake");
+    ws
+}
+
 async fn connect(s: &Server) -> Ws {
     let (ws, _) = tokio::time::timeout(
         WAIT,
@@ -329,19 +347,7 @@ async fn oversized_slow_excess_and_idle_clients_do_not_stop_the_server() {
     assert_eq!(req_works(&mut good, "g1", 10).await, 10);
 
     // A client that never reads, with a small receive buffer, asks for ~20 MB.
-    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-    sock.set_recv_buffer_size(4096).expect("rcvbuf");
-    let stream = sock.connect(server.addr()).await.expect("tcp");
-    let (mut slow, _) = tokio::time::timeout(
-        WAIT,
-        tokio_tungstenite::client_async(
-            format!("ws://{}/", server.addr()),
-            tokio_tungstenite::MaybeTlsStream::Plain(stream),
-        ),
-    )
-    .await
-    .expect("in time")
-    .expect("handshake");
+    let mut slow = never_reading(&server).await;
     for i in 0..20 {
         send(
             &mut slow,
@@ -513,19 +519,7 @@ async fn open_subscriptions_get_newly_archived_events() {
 
     // A subscriber that never reads, on a small receive buffer, while 4,000 events of ~4 KB
     // are archived: it is closed once its bounded queue is full; `ws` gets them all.
-    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
-    sock.set_recv_buffer_size(4096).expect("rcvbuf");
-    let stream = sock.connect(server.addr()).await.expect("tcp");
-    let (mut deaf, _) = tokio::time::timeout(
-        WAIT,
-        tokio_tungstenite::client_async(
-            format!("ws://{}/", server.addr()),
-            tokio_tungstenite::MaybeTlsStream::Plain(stream),
-        ),
-    )
-    .await
-    .expect("in time")
-    .expect("handshake");
+    let mut deaf = never_reading(&server).await;
     send(
         &mut deaf,
         json!(["REQ", "deaf", {"kinds": [1]}]).to_string(),
@@ -559,15 +553,11 @@ async fn open_subscriptions_get_newly_archived_events() {
         waited += 1;
     }
     drop(deaf);
-    let n: i64 = pool
-        .get()
-        .await
-        .expect("conn")
-        .query_one("SELECT count(*) FROM events", &[])
-        .await
-        .expect("count")
-        .get(0);
-    assert_eq!(n, 7 + 3 + 4000, "everything archived");
+    assert_eq!(
+        event_ids(&pool).await.len(),
+        7 + 3 + 4000,
+        "everything archived"
+    );
     server.shutdown().await;
     pipeline.finish().await.expect("drain");
 }
