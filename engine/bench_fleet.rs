@@ -699,13 +699,12 @@ pub async fn idle(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<IdleReport> 
     // Settle: every relay leased (by someone), then two more heartbeats.
     let settle_limit = Duration::from_secs(120) + cfg.fleet.ttl() * 10;
     let t = Instant::now();
-    while spec.workers > 0 {
+    let mut settled = spec.workers == 0;
+    while !settled {
         poll(&mut workers).await?;
         let leased: usize = leases(&pool).await?.values().map(Vec::len).sum();
-        if leased >= spec.idle_relays {
-            break;
-        }
-        if t.elapsed() > settle_limit {
+        settled = leased >= spec.idle_relays;
+        if !settled && t.elapsed() > settle_limit {
             bail!(
                 "idle bench: {leased} of {} relays leased after {:.0}s; logs in {}",
                 spec.idle_relays,
