@@ -2,20 +2,22 @@
 //! child processes of this executable sharing the registry as a fleet (issue 13), and
 //! `--idle-relays`: what the fleet costs the database at idle.
 //!
-//! Ingestion: the bench starts its relays and database as the in-process bench does,
-//! registers the relays, writes one configuration per worker (`[fleet]` with a short
-//! heartbeat, finder, monitor and DVM off, no seeds, its own HTTP port for `/metrics`) and
-//! spawns the workers. It polls their `/metrics` until the archive holds every served event
-//! and sighting (then checks it in the database, as the in-process bench does), reads each
-//! worker's verify counters and the relays it holds, and stops them (SIGTERM, then SIGKILL
-//! after a bounded wait). The time is from the spawn to the poll that saw the last row
-//! committed (polled every 100 ms). Duplicate verifications are the signatures verified
-//! across workers minus the distinct events archived: the never-verify-twice cache is per
-//! process.
+//! Ingestion: the bench starts its relays and database as the in-process bench does, writes
+//! one configuration per worker (the bench's own file with `[fleet]` on a short heartbeat,
+//! finder, monitor and DVM off, no seeds, its own HTTP port for `/metrics`), spawns the
+//! workers, and registers the relays once every worker has joined (so the first lease takes
+//! already divide them fairly). It polls the workers' `/metrics` every 100 ms until they have
+//! inserted every served event and sighting, checks the archive in the database as the
+//! in-process bench does, reads each worker's verify counters and the relays it holds, and
+//! stops them (SIGTERM, SIGKILL after a bounded wait). The time runs from the registration
+//! to the poll that saw the last row committed; it includes the workers' registry re-read and
+//! first lease heartbeat (reported apart as the pickup). Duplicate verifications are the
+//! signatures verified across workers minus the distinct events archived: the
+//! never-verify-twice cache is per process.
 //!
 //! Idle: the registry holds `idle_relays` relays on 127.0.0.1 port 1 (refused at once), the
-//! workers run with the configured `[fleet]` timings; once every relay is leased and two
-//! heartbeats passed, the bench counts the database's transactions (`pg_stat_database`) and
+//! workers run with the configured `[fleet]` timings; once every relay is leased, each worker
+//! holds its fair share and two more heartbeats passed, the bench counts the database's transactions (`pg_stat_database`) and
 //! the workers' lease statements (`bigbrotr_fleet_queries_total`) over `idle_secs`.
 
 use crate::bench::{self, BenchSpec};
@@ -696,14 +698,16 @@ pub async fn idle(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<IdleReport> 
         cfg.fleet.heartbeat().as_secs_f64(),
     );
     let mut workers = spawn_workers(cfg, &url, &spec.dir, spec.workers, (ttl, heartbeat, None))?;
-    // Settle: every relay leased (by someone), then two more heartbeats.
+    // Settle: every relay leased, none above its worker's fair share, then two more heartbeats.
     let settle_limit = Duration::from_secs(120) + cfg.fleet.ttl() * 10;
     let t = Instant::now();
     let mut settled = spec.workers == 0;
     while !settled {
         poll(&mut workers).await?;
-        let leased: usize = leases(&pool).await?.values().map(Vec::len).sum();
-        settled = leased >= spec.idle_relays;
+        let held = leases(&pool).await?;
+        let leased: usize = held.values().map(Vec::len).sum();
+        let share = crate::fleet::fair_share(spec.idle_relays, spec.workers as u64, true);
+        settled = leased >= spec.idle_relays && held.values().all(|r| r.len() <= share);
         if !settled && t.elapsed() > settle_limit {
             bail!(
                 "idle bench: {leased} of {} relays leased after {:.0}s; logs in {}",
