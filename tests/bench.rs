@@ -259,3 +259,52 @@ async fn partitioned_archive_from_the_setup_script_syncs_and_checks() {
         .expect_err("second run refused");
     assert!(format!("{err:?}").contains("partition-events"), "{err:?}");
 }
+
+/// A `--setup-sql` file that fails stops the bench before any figure, naming the file and
+/// PostgreSQL's error, and leaves the archive's tables as the migrations made them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_setup_sql_stops_the_bench_and_names_the_file() {
+    let (pool, url) = test_db().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.sql");
+    std::fs::write(
+        &bad,
+        "BEGIN; ALTER TABLE events_relays RENAME TO gone; SELECT no_such_function(); COMMIT;",
+    )
+    .expect("write");
+    let out = output_within(
+        Command::new(env!("CARGO_BIN_EXE_bigbrotr"))
+            .args(["bench", "--events", "50", "--relays", "1", "--workers", "1"])
+            .arg("--setup-sql")
+            .arg(&bad)
+            .arg("--dir")
+            .arg(dir.path())
+            .args(["--database-url", &url])
+            .env("BIGBROTR_LOG", "warn"),
+        std::time::Duration::from_secs(300),
+        "bigbrotr bench --setup-sql bad.sql",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the bench must fail: {stderr}");
+    assert!(
+        stderr.contains("bad.sql") && stderr.contains("no_such_function"),
+        "{stderr}"
+    );
+    let c = pool.get().await.expect("conn");
+    let kept: i64 = c
+        .query_one(
+            "SELECT count(*) FROM pg_class WHERE relname = 'events_relays' AND relkind = 'r'",
+            &[],
+        )
+        .await
+        .expect("relkind")
+        .get(0);
+    assert_eq!(kept, 1, "the failed file's transaction was rolled back");
+    // No worker was started: none joined the fleet.
+    let workers: i64 = c
+        .query_one("SELECT count(*) FROM fleet_workers", &[])
+        .await
+        .expect("workers")
+        .get(0);
+    assert_eq!(workers, 0);
+}
