@@ -49,6 +49,17 @@ pub struct BenchSpec {
     pub nip77: bool,
     /// After the pass, sync the unchanged relays again and report what that costs.
     pub resync: bool,
+    /// SQL applied to the bench database right after the migrations (e.g.
+    /// `scripts/partition-events.sql`), so one binary measures two schema layouts.
+    pub setup_sql: Option<PathBuf>,
+    /// 0: one in-process sync; N: N `bigbrotr run` child processes as a fleet
+    /// ([`crate::bench_fleet`]).
+    pub workers: usize,
+    /// With `idle_secs`: measure the fleet's database load at idle over this many
+    /// registered relays that refuse connections, instead of an ingestion.
+    pub idle_relays: usize,
+    /// Seconds the idle measurement lasts.
+    pub idle_secs: u64,
 }
 
 /// Measured figures.
@@ -212,8 +223,8 @@ pub struct Resync {
 /// of their two halves. Ids are SHA-256 outputs, so a different set (an id missing, another in
 /// its place) changes the sums except with negligible probability.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct IdSetDigest {
-    n: u64,
+pub(crate) struct IdSetDigest {
+    pub(crate) n: u64,
     lo: u128,
     hi: u128,
 }
@@ -364,7 +375,7 @@ fn shard(total: usize, n: usize, r: usize, overlap: f64) -> Vec<usize> {
         .collect()
 }
 
-struct Relays(Vec<Child>);
+pub(crate) struct Relays(pub(crate) Vec<Child>);
 
 impl Drop for Relays {
     fn drop(&mut self) {
@@ -375,7 +386,7 @@ impl Drop for Relays {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
@@ -395,19 +406,19 @@ async fn wait_listening(port: u16) -> anyhow::Result<()> {
 }
 
 /// The bench relays, one process per shard, and what they serve.
-struct Served {
+pub(crate) struct Served {
     /// The relay processes (killed on drop).
-    children: Relays,
+    pub(crate) children: Relays,
     /// Their URLs.
-    relays: Vec<RelayUrl>,
+    pub(crate) relays: Vec<RelayUrl>,
     /// Frames they send in all (one per event per relay serving it).
-    frames: usize,
+    pub(crate) frames: usize,
     /// The ids some relay serves.
-    ids: IdSetDigest,
+    pub(crate) ids: IdSetDigest,
 }
 
 /// Starts one `bigbrotr testrelay` process per shard of `events` and waits until each listens.
-async fn start_relays(spec: &BenchSpec, events: &[GenEvent]) -> anyhow::Result<Served> {
+pub(crate) async fn start_relays(spec: &BenchSpec, events: &[GenEvent]) -> anyhow::Result<Served> {
     let exe = std::env::current_exe().context("cannot find the bigbrotr executable")?;
     let mut children = Relays(Vec::new());
     let mut ports = Vec::new();
@@ -458,7 +469,7 @@ async fn start_relays(spec: &BenchSpec, events: &[GenEvent]) -> anyhow::Result<S
 }
 
 /// The database the bench archives into: `spec.database_url`, or a fresh embedded cluster.
-async fn bench_database(
+pub(crate) async fn bench_database(
     spec: &BenchSpec,
 ) -> anyhow::Result<(String, Option<crate::embedded_pg::EmbeddedPg>)> {
     if let Some(u) = &spec.database_url {
@@ -471,7 +482,7 @@ async fn bench_database(
 }
 
 /// Drops the bench database of an embedded cluster (best effort: the figures are taken).
-async fn drop_bench_database(pg: &crate::embedded_pg::EmbeddedPg, url: &str) {
+pub(crate) async fn drop_bench_database(pg: &crate::embedded_pg::EmbeddedPg, url: &str) {
     let Ok((client, conn)) =
         tokio_postgres::connect(&pg.url("postgres"), tokio_postgres::NoTls).await
     else {
@@ -489,6 +500,28 @@ async fn drop_bench_database(pg: &crate::embedded_pg::EmbeddedPg, url: &str) {
             .batch_execute(&format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)"))
             .await;
     }
+}
+
+/// Migrates the bench database, applies `--setup-sql`, records the archive mode and the tag
+/// index setting, as `bigbrotr init` would.
+pub(crate) async fn prepare_database(
+    cfg: &Config,
+    spec: &BenchSpec,
+    pool: &crate::db::Pool,
+) -> anyhow::Result<()> {
+    crate::db::migrate(pool).await?;
+    if let Some(path) = &spec.setup_sql {
+        let sql = std::fs::read_to_string(path)
+            .with_context(|| format!("--setup-sql: cannot read {}", path.display()))?;
+        pool.get()
+            .await?
+            .batch_execute(&sql)
+            .await
+            .with_context(|| format!("--setup-sql {} failed", path.display()))?;
+    }
+    crate::db::ensure_archive_mode(pool, cfg.archive.bodies, "bench").await?;
+    crate::tag_backfill::configure(pool, cfg.archive.tag_index).await?;
+    Ok(())
 }
 
 /// Waits (at most [`ANALYTICS_WAIT`]) for the refresher to fold what the sync archived,
@@ -515,7 +548,7 @@ async fn analytics_catch_up(
 /// Checks the archive against what the relays served before any figure is printed: the
 /// events and sightings counted, the ids, and the summaries when the refresher caught up.
 /// Returns the events and sightings counted.
-async fn check_archive(
+pub(crate) async fn check_archive(
     pool: &crate::db::Pool,
     served: &Served,
     summaries_folded: bool,
@@ -619,9 +652,7 @@ pub async fn run(cfg: &Config, spec: &BenchSpec) -> anyhow::Result<BenchReport> 
 
     let (url, embedded) = bench_database(spec).await?;
     let pool = crate::db::connect(&url, cfg.database.pool_size).await?;
-    crate::db::migrate(&pool).await?;
-    crate::db::ensure_archive_mode(&pool, cfg.archive.bodies, "bench").await?;
-    crate::tag_backfill::configure(&pool, cfg.archive.tag_index).await?;
+    prepare_database(cfg, spec, &pool).await?;
     let mut cfg = cfg.clone();
     cfg.sync.allow_local = true;
     cfg.database.url = url.clone();

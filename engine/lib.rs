@@ -13,6 +13,7 @@
 pub mod analytics;
 pub mod backup;
 pub mod bench;
+pub mod bench_fleet;
 pub mod config;
 pub use bigbrotr_pgcluster::conninfo;
 pub mod db;

@@ -40,6 +40,22 @@ pub struct BenchArgs {
     /// After the pass, sync the unchanged relays again and report its time and traffic.
     #[arg(long)]
     resync: bool,
+    /// Archive with N `bigbrotr run` child processes sharing the registry as a fleet instead
+    /// of one in-process sync (0 = in-process).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+    /// Instead of an ingestion: register this many relays that refuse connections, run
+    /// --workers workers (0 = none: the database's own baseline) and count the database's
+    /// transactions and the lease statements over --idle-secs.
+    #[arg(long, default_value_t = 0)]
+    idle_relays: usize,
+    /// Seconds the --idle-relays measurement lasts.
+    #[arg(long, default_value_t = 60)]
+    idle_secs: u64,
+    /// SQL file applied to the bench database right after the migrations (e.g.
+    /// scripts/partition-events.sql).
+    #[arg(long, value_name = "FILE")]
+    setup_sql: Option<PathBuf>,
 }
 
 /// `bigbrotr bench`.
@@ -61,7 +77,30 @@ pub async fn run(cfg: &Config, args: BenchArgs) -> anyhow::Result<()> {
         keep: false,
         nip77: args.nip77,
         resync: args.resync,
+        setup_sql: args.setup_sql,
+        workers: args.workers,
+        idle_relays: args.idle_relays,
+        idle_secs: args.idle_secs,
     };
+    if spec.idle_relays > 0 {
+        let report = bigbrotr::bench_fleet::idle(cfg, &spec).await?;
+        print!("{}", report.render());
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        return Ok(());
+    }
+    if spec.workers > 0 {
+        if args.resync {
+            anyhow::bail!("--resync is measured by the in-process bench only (not with --workers)");
+        }
+        let report = bigbrotr::bench_fleet::run(cfg, &spec).await?;
+        print!("{}", report.render(&spec));
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        }
+        return Ok(());
+    }
     let report = bigbrotr::bench::run(cfg, &spec).await?;
     print!("{}", report.render(&spec));
     if args.json {
