@@ -41,7 +41,7 @@ pub struct BenchSpec {
     pub seed: u64,
     /// Where corpora and the bench cluster live.
     pub dir: PathBuf,
-    /// Use this server instead of the embedded cluster (a fresh database is created on it).
+    /// Archive into this (empty) database instead of the embedded cluster's.
     pub database_url: Option<String>,
     /// Keep the bench database afterwards.
     pub keep: bool,
@@ -473,12 +473,41 @@ pub(crate) async fn bench_database(
     spec: &BenchSpec,
 ) -> anyhow::Result<(String, Option<crate::embedded_pg::EmbeddedPg>)> {
     if let Some(u) = &spec.database_url {
+        refuse_an_archive(u).await?;
         return Ok((u.clone(), None));
     }
     let pg = crate::embedded_pg::EmbeddedPg::start(&spec.dir.join("postgres"), 0, "bigbrotr", true)
         .await?;
     let u = pg.create_database("bench").await?;
     Ok((u, Some(pg)))
+}
+
+/// Refuses a `--database-url` database that already holds events: the bench writes its own
+/// corpus there and checks the archive equals it, so a real archive's URL given by mistake
+/// would get a million test events (and a reused bench database fails the check).
+async fn refuse_an_archive(url: &str) -> anyhow::Result<()> {
+    let shown = crate::conninfo::mask(url);
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("--database-url: cannot connect to {shown}"))?;
+    tokio::spawn(conn);
+    let held = client
+        .query_one(
+            "SELECT to_regclass('public.events') IS NOT NULL \
+             AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = to_regclass('public.events') \
+                         AND (c.reltuples > 0 OR pg_relation_size(c.oid) > 0))",
+            &[],
+        )
+        .await
+        .with_context(|| format!("--database-url: cannot inspect {shown}"))?
+        .get::<_, bool>(0);
+    if held {
+        bail!(
+            "--database-url: {shown} already holds an events table with rows; the bench needs an \
+             empty database of its own (CREATE DATABASE bench), never an archive"
+        );
+    }
+    Ok(())
 }
 
 /// Drops the bench database of an embedded cluster (best effort: the figures are taken).

@@ -73,6 +73,30 @@ async fn bench_archives_checks_and_reports_consistent_figures() {
     assert!(report["events_per_sec"].as_f64().expect("eps") > 0.0);
     assert!(report["verify_limit"].as_f64().expect("limit") > 0.0);
     assert!(report["peak_rss_mib"].as_f64().expect("rss") > 0.0);
+
+    // The same database again: it holds an archive now, so the bench refuses it and writes
+    // nothing (a real archive's URL given by mistake gets no test events).
+    let again = output_within(
+        Command::new(env!("CARGO_BIN_EXE_bigbrotr"))
+            .args(["bench", "--events", "3000", "--relays", "1", "--dir"])
+            .arg(dir.path())
+            .args(["--database-url", &url])
+            .env("BIGBROTR_LOG", "warn"),
+        std::time::Duration::from_secs(300),
+        "bigbrotr bench on an archive",
+    );
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "refused: {stderr}");
+    assert!(
+        stderr.contains("--database-url") && stderr.contains("empty database"),
+        "{stderr}"
+    );
+    let after: i64 = c
+        .query_one("SELECT count(*) FROM events_relays", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(after, sightings, "nothing written");
 }
 
 /// `bench --workers 2`: two `bigbrotr run` processes share the relays as a fleet; the archive

@@ -28,7 +28,7 @@ pub struct BenchArgs {
     /// Directory for the cached corpus and the bench cluster.
     #[arg(long, default_value = "data/bench")]
     dir: PathBuf,
-    /// Benchmark against this server (a fresh database is created on it) instead of the embedded cluster.
+    /// Benchmark into this database (an empty one: a database that holds events is refused) instead of the embedded cluster.
     #[arg(long)]
     database_url: Option<String>,
     /// Print the report as JSON too.
