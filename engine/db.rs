@@ -66,6 +66,11 @@ static MIGRATIONS: &[(i32, &str, &str)] = &[
         "created_at_id_index",
         include_str!("../sql/016_created_at_id_index.sql"),
     ),
+    (
+        17,
+        "tag_index_kind",
+        include_str!("../sql/017_tag_index_kind.sql"),
+    ),
 ];
 
 /// Opens a pool of `size` connections to `url` (a libpq-style key=value string or a postgres:// URL); fails fast with a message naming the URL (password masked) if the server is unreachable.
