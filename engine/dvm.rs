@@ -11,8 +11,7 @@ use crate::config::{Config, Millis};
 use crate::db::Pool;
 use crate::faults::Faults;
 use crate::filter_sql::{
-    push, refs, stored_tags_and_content, tag_index_ready, Conditions, FilterSql, SqlParams,
-    StoredError,
+    push, refs, stored_tags_and_content, Conditions, FilterSql, SqlParams, StoredError,
 };
 use anyhow::Context;
 use bb8_postgres::PostgresConnectionManager;
@@ -109,6 +108,7 @@ pub async fn reader_pool(cfg: &Config, archive_url: &str) -> anyhow::Result<Pool
 pub struct ArchiveBackend {
     pool: Pool,
     max_result_bytes: usize,
+    tag_index: crate::filter_sql::TagIndexReady,
 }
 
 impl ArchiveBackend {
@@ -118,6 +118,7 @@ impl ArchiveBackend {
         ArchiveBackend {
             pool,
             max_result_bytes,
+            tag_index: crate::filter_sql::TagIndexReady::default(),
         }
     }
 }
@@ -154,7 +155,7 @@ impl ArchiveBackend {
     async fn count(&self, f: &Filter) -> Result<Answer, String> {
         let mut params = SqlParams::new();
         let conn = self.conn().await?;
-        let tag_index = !f.tags.is_empty() && tag_index_ready(&conn).await;
+        let tag_index = !f.tags.is_empty() && self.tag_index.get(&conn).await;
         let FilterSql {
             from, conditions, ..
         } = conditions(f, tag_index, &mut params);
@@ -180,7 +181,7 @@ impl ArchiveBackend {
         }
         let mut params = SqlParams::new();
         let conn = self.conn().await?;
-        let tag_index = !f.tags.is_empty() && tag_index_ready(&conn).await;
+        let tag_index = !f.tags.is_empty() && self.tag_index.get(&conn).await;
         let FilterSql {
             from, conditions, ..
         } = conditions(f, tag_index, &mut params);

@@ -65,6 +65,8 @@ pub struct AppState {
     pub ready: health::ReadyProbe,
     /// The relay endpoint (`http.relay`), reading through `reader`.
     pub relay: Option<Arc<relay::Relay>>,
+    /// Whether tag filters may use the tag index, asked at most every few seconds.
+    pub tag_index: crate::filter_sql::TagIndexReady,
 }
 
 /// A bound, not yet serving, HTTP server: bind it before the pipeline starts (so a busy port
@@ -150,6 +152,7 @@ impl Http {
             conns: conns.clone(),
             ready: health::ReadyProbe::new(self.probe_config, self.live),
             relay: relay.clone(),
+            tag_index: crate::filter_sql::TagIndexReady::default(),
         });
         let app = router(state.clone(), api);
         let listener = self.listener;
@@ -308,6 +311,10 @@ pub async fn reader_pool(http: &config::Http, archive_url: &str) -> anyhow::Resu
     drop(probe);
     bb8::Pool::builder()
         .max_size(READER_POOL_SIZE)
+        // bb8 would send an empty query before every checkout: one more round trip per
+        // request. A connection the server closed is dropped by `has_broken`; one that breaks
+        // unseen fails its request with a 503 and is then dropped.
+        .test_on_check_out(false)
         .connection_timeout(READER_CHECKOUT)
         .build(PostgresConnectionManager::new(config, NoTls))
         .await

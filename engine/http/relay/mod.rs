@@ -47,7 +47,7 @@ use negentropy::{Id, Item, Negentropy};
 use negstore::SummedStorage;
 use serde_json::{json, Value};
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -120,8 +120,8 @@ pub struct Relay {
     /// Whether the archive keeps event bodies (`[archive] bodies`): a metadata-only archive
     /// answers COUNT and NIP-77, and refuses REQ.
     bodies: bool,
-    /// Whether `event_tags` is complete; once true it stays so.
-    tag_index: AtomicBool,
+    /// Whether `event_tags` is complete (asked at most every few seconds).
+    tag_index: crate::filter_sql::TagIndexReady,
     stop: watch::Receiver<bool>,
     /// Its counters.
     pub stats: RelayStats,
@@ -161,7 +161,7 @@ impl Relay {
             frame_limit,
             connections: Arc::new(Semaphore::new(http.relay_max_connections.max(1))),
             neg_sessions: Arc::new(Semaphore::new(http.relay_max_neg_sessions.max(1))),
-            tag_index: AtomicBool::new(false),
+            tag_index: crate::filter_sql::TagIndexReady::default(),
             stop,
             stats: RelayStats::default(),
         }
@@ -369,19 +369,12 @@ async fn checkout(pool: &Pool) -> Result<query::Conn<'_>, String> {
 }
 
 impl Relay {
-    /// Whether tag filters can use the tag index (asked until it says yes).
+    /// Whether tag filters can use the tag index (not asked for filters without tags).
     async fn tag_index(&self, conn: &query::Conn<'_>, filters: &[Filter]) -> bool {
-        if self.tag_index.load(Relaxed) {
-            return true;
-        }
         if filters.iter().all(|f| f.tags.is_empty()) {
             return false;
         }
-        let ready = crate::filter_sql::tag_index_ready(conn).await;
-        if ready {
-            self.tag_index.store(true, Relaxed);
-        }
-        ready
+        self.tag_index.get(conn).await
     }
 }
 
