@@ -479,6 +479,10 @@ impl EmbeddedPg {
             Some(dir) => opts.push(shell_quote(dir.as_os_str())),
             None => opts.push("''"),
         }
+        opts.push(format!(
+            " -c shared_buffers={}MB",
+            shared_buffers_mb(memory_limit())
+        ));
         if fast {
             opts.push(" -c fsync=off -c synchronous_commit=off -c full_page_writes=off");
         }
@@ -1036,6 +1040,39 @@ fn log_tail(path: &Path) -> String {
     lines[start..].join("\n")
 }
 
+/// `shared_buffers` of an embedded cluster, in MB: an eighth of `memory` bytes, from 128 MB
+/// (PostgreSQL's default) to 1 GB. The default holds little of a growing archive's indexes,
+/// whose inserts land on random pages: the tag index cost 17 % of ingestion with 128 MB and
+/// 7 % with 1 GB (1M events, BENCHMARKS.md "What the tag index costs on ingestion").
+fn shared_buffers_mb(memory: u64) -> u64 {
+    (memory / 8 / (1 << 20)).clamp(128, 1024)
+}
+
+/// The memory this process may use: the machine's, or its cgroup's limit when lower (a
+/// container's `--memory`); 0 when neither can be read.
+fn memory_limit() -> u64 {
+    let machine = fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        s.lines()
+            .find(|l| l.starts_with("MemTotal:"))?
+            .split_whitespace()
+            .nth(1)?
+            .parse::<u64>()
+            .ok()
+            .map(|kb| kb.saturating_mul(1024))
+    });
+    // cgroup v2, then v1 ("max" and v1's huge "unlimited" number both mean no limit).
+    let group = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|p| fs::read_to_string(p).ok()?.trim().parse::<u64>().ok());
+    match (machine, group) {
+        (Some(m), Some(g)) => m.min(g),
+        (m, g) => m.or(g).unwrap_or(0),
+    }
+}
+
 fn describe(out: &Output) -> String {
     let mut text = format!("{}", out.status);
     for stream in [&out.stderr, &out.stdout] {
@@ -1135,6 +1172,16 @@ fn random_u32() -> u32 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn shared_buffers_are_an_eighth_of_memory_within_bounds() {
+        use super::shared_buffers_mb;
+        assert_eq!(shared_buffers_mb(0), 128);
+        assert_eq!(shared_buffers_mb(512 << 20), 128);
+        assert_eq!(shared_buffers_mb(4 << 30), 512);
+        assert_eq!(shared_buffers_mb(24 << 30), 1024);
+        assert!(super::memory_limit() > 0, "/proc/meminfo is readable here");
+    }
+
     use super::*;
 
     #[test]
