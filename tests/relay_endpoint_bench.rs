@@ -68,9 +68,13 @@ async fn rest_once(c: &reqwest::Client, base: &str, q: &str) -> Option<(f64, usi
     let body = r.bytes().await.expect("body");
     // Timed at the last byte: parsing the answer is the client's work, not the server's.
     let ms = t.elapsed().as_secs_f64() * 1000.0;
-    let v: Value = serde_json::from_slice(&body).expect("json");
-    let n = v["events"].as_array().map_or(0, Vec::len);
-    Some((ms, n))
+    // Counted without building the events: 50 clients' parsing shares the server's 2 cores.
+    #[derive(serde::Deserialize)]
+    struct Page {
+        events: Vec<serde::de::IgnoredAny>,
+    }
+    let page: Page = serde_json::from_slice(&body).expect("json");
+    Some((ms, page.events.len()))
 }
 
 async fn connect(addr: &str) -> Ws {

@@ -193,7 +193,7 @@ async fn sample(d: &Dash) {
             .collect(),
     };
     let totals = match d.app.reader.as_ref() {
-        Some(pool) => tokio::time::timeout(SAMPLE_TIMEOUT, totals(pool))
+        Some(pool) => tokio::time::timeout(SAMPLE_TIMEOUT, totals(pool.pool()))
             .await
             .ok(),
         None => None,
@@ -261,6 +261,7 @@ fn reader(d: &Dash) -> Result<&crate::db::Pool, ApiError> {
     d.app
         .reader
         .as_ref()
+        .map(super::Reader::pool)
         .ok_or_else(|| ApiError::unavailable("the API is disabled (http.api = false)"))
 }
 

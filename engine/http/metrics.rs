@@ -2,7 +2,7 @@
 //! written by hand from the live atomics, so a scrape costs no query; the registry counts
 //! by network and monitor status come from a cache refreshed at most once a minute.
 
-use super::AppState;
+use super::{AppState, Reader};
 use crate::db::Pool;
 use crate::state::EngineState;
 use axum::extract::State;
@@ -108,7 +108,7 @@ async fn registry_counts(pool: &Pool) -> anyhow::Result<Vec<RegistryCount>> {
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text exposition format 0.0.4", body = String, content_type = "text/plain")))]
 pub async fn metrics(State(s): State<Arc<AppState>>) -> Response {
-    let pool = s.reader.as_ref().unwrap_or(&s.pool);
+    let pool = s.reader.as_ref().map(Reader::pool).unwrap_or(&s.pool);
     let registry = s.registry.current(pool).await;
     let mut body = render(&s.engine, registry.as_deref());
     body.push_str(&render_connections(&s.conns));

@@ -241,7 +241,9 @@ impl Event {
         out.extend_from_slice(b",\"sig\":\"");
         canonical::write_hex(&mut out, &self.sig);
         out.extend_from_slice(b"\"}");
-        String::from_utf8_lossy(&out).into_owned()
+        // Every part is UTF-8 already: validate in place rather than copy through `lossy`.
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 }
 

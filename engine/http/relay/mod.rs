@@ -29,9 +29,8 @@ pub mod negstore;
 pub mod query;
 
 use super::server::ConnSlot;
-use super::AppState;
+use super::{AppState, Reader, ReaderConn};
 use crate::config;
-use crate::db::Pool;
 use axum::extract::rejection::ExtensionRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -317,7 +316,7 @@ struct NegSession {
 /// One relay connection's state.
 struct Session {
     relay: Arc<Relay>,
-    pool: Pool,
+    pool: Reader,
     /// Open subscriptions and their filters (empty while the REQ's stored events are sent).
     subs: HashMap<String, Vec<Filter>>,
     negs: HashMap<String, NegSession>,
@@ -358,13 +357,11 @@ fn neg_err(sub: &str, text: &str) -> String {
 }
 
 /// A connection of the read-only pool, or the reason to send.
-async fn checkout(pool: &Pool) -> Result<query::Conn<'_>, String> {
-    match tokio::time::timeout(CHECKOUT, pool.get()).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(bb8::RunError::User(e))) => Err(db_reason(&e)),
-        Ok(Err(bb8::RunError::TimedOut)) | Err(_) => {
-            Err("error: the archive is busy; try again later".into())
-        }
+async fn checkout(pool: &Reader) -> Result<ReaderConn<'_>, String> {
+    match pool.get(CHECKOUT).await {
+        Ok(c) => Ok(c),
+        Err(bb8::RunError::User(e)) => Err(db_reason(&e)),
+        Err(bb8::RunError::TimedOut) => Err("error: the archive is busy; try again later".into()),
     }
 }
 
@@ -384,7 +381,7 @@ fn db_reason(e: &tokio_postgres::Error) -> String {
 }
 
 impl Session {
-    fn new(relay: Arc<Relay>, pool: Pool, feed: Committed) -> Session {
+    fn new(relay: Arc<Relay>, pool: Reader, feed: Committed) -> Session {
         Session {
             relay,
             pool,

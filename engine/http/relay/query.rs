@@ -186,8 +186,8 @@ fn event_from_row(r: &tokio_postgres::Row) -> Result<Option<Event>, tokio_postgr
         sig,
         created_at: r.try_get(2)?,
         kind,
-        tags_json: String::from_utf8_lossy(&tags_json)
-            .into_owned()
+        tags_json: String::from_utf8(tags_json)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
             .into_boxed_str(),
         content: content.into_boxed_str(),
     }))
