@@ -199,13 +199,34 @@ impl Conditions<'_> {
             let n = push(Box::new(ids), params);
             sql.push_str(&format!(" AND e.id = ANY(${n})"));
         }
+        // One author or one kind is compared with `=`, not `= ANY(…)`: PostgreSQL 15 reads a
+        // btree in order only for `=`, so an author's newest events come from (pubkey,
+        // created_at) with an incremental sort on the id, where `= ANY` made it scan the
+        // newest-first index of all events and filter (an author with 0.24 % of 5M events:
+        // 38,754 rows read, 185 ms cold, up to 2.3 s under load; now ~101 rows).
         if let Some(authors) = self.authors {
-            let n = push(Box::new(authors), params);
-            sql.push_str(&format!(" AND e.pubkey = ANY(${n})"));
+            match <[Vec<u8>; 1]>::try_from(authors) {
+                Ok([one]) => {
+                    let n = push(Box::new(one), params);
+                    sql.push_str(&format!(" AND e.pubkey = ${n}"));
+                }
+                Err(authors) => {
+                    let n = push(Box::new(authors), params);
+                    sql.push_str(&format!(" AND e.pubkey = ANY(${n})"));
+                }
+            }
         }
         if let Some(kinds) = self.kinds {
-            let n = push(Box::new(kinds), params);
-            sql.push_str(&format!(" AND e.kind = ANY(${n})"));
+            match <[i32; 1]>::try_from(kinds) {
+                Ok([one]) => {
+                    let n = push(Box::new(one), params);
+                    sql.push_str(&format!(" AND e.kind = ${n}"));
+                }
+                Err(kinds) => {
+                    let n = push(Box::new(kinds), params);
+                    sql.push_str(&format!(" AND e.kind = ANY(${n})"));
+                }
+            }
         }
         if let Some(v) = self.since {
             let n = push(Box::new(v), params);
