@@ -367,6 +367,112 @@ async fn archive_as_a_relay_latency() {
         );
     }
 
+    // Every documented REST filter, alone and combined, on hot values: each must answer (no
+    // 503 from the statement timeout), timed as p50 / max over 5 requests.
+    if !only_neg {
+        let c = pool.get().await.expect("conn");
+        let hex_col = |sql: &'static str| {
+            let c = &c;
+            async move {
+                c.query(sql, &[])
+                    .await
+                    .expect(sql)
+                    .iter()
+                    .map(|r| hex::encode(r.get::<_, Vec<u8>>(0)))
+                    .collect::<Vec<String>>()
+            }
+        };
+        let authors = hex_col(
+            "SELECT pubkey FROM events TABLESAMPLE SYSTEM (1) GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 100",
+        )
+        .await;
+        let ids = hex_col("SELECT id FROM events TABLESAMPLE SYSTEM (0.1) LIMIT 100").await;
+        let newest: i64 = c
+            .query_one("SELECT max(created_at) FROM events", &[])
+            .await
+            .expect("newest")
+            .get(0);
+        let (p, t, e) = (&values["p"], &values["t"], &values["e"]);
+        let day = newest - 86_400;
+        let enc = |v: &[String]| v.join(",");
+        let combos: Vec<(&str, String)> = vec![
+            ("newest page", "limit=100".into()),
+            ("ids (100)", format!("ids={}", enc(&ids))),
+            ("authors (1)", format!("authors={}", authors[0])),
+            ("authors (100)", format!("authors={}", enc(&authors))),
+            ("kinds", "kinds=1&limit=100".into()),
+            (
+                "kinds + since/until (a day)",
+                format!("kinds=7&since={day}&until={newest}"),
+            ),
+            ("authors + kinds", format!("authors={}&kinds=1", authors[0])),
+            (
+                "authors (100) + kinds + since",
+                format!("authors={}&kinds=1,7&since={day}", enc(&authors)),
+            ),
+            ("#p (30 values)", format!("%23p={}", enc(p))),
+            (
+                "#p + authors",
+                format!("%23p={}&authors={}", p[0], enc(&authors)),
+            ),
+            (
+                "#p + #t (two tag filters)",
+                format!("%23p={}&%23t={}", p[0], t[0]),
+            ),
+            (
+                "#e + kinds + since/until",
+                format!("%23e={}&kinds=7&since={day}&until={newest}", e[0]),
+            ),
+            (
+                "#t + until (old page)",
+                format!("%23t={}&until={}", t[0], newest - 30 * 86_400),
+            ),
+            ("tag_p alias + kinds", format!("tag_p={}&kinds=1", p[1])),
+        ];
+        println!("\n| REST filter (limit 100) | p50 / max (ms) | events |\n|---|---|---|");
+        for (name, q) in &combos {
+            let mut ms = Vec::new();
+            let mut n = 0;
+            let mut cursor = None;
+            for _ in 0..5 {
+                let (t, k) = rest_once(&rest, &base, q)
+                    .await
+                    .unwrap_or_else(|| panic!("503 for {name}: {q}"));
+                ms.push(t);
+                n = k;
+            }
+            if *name == "#p (30 values)" {
+                // The next page through the cursor, with the same filter.
+                let bytes = rest
+                    .get(format!("{base}/api/events?{q}"))
+                    .send()
+                    .await
+                    .expect("page")
+                    .bytes()
+                    .await
+                    .expect("body");
+                let body: Value = serde_json::from_slice(&bytes).expect("json");
+                cursor = body["cursor"].as_str().map(str::to_string);
+            }
+            let max = ms.iter().copied().fold(0.0, f64::max);
+            println!("| {name} | {:.1} / {max:.1} | {n} |", pct(&mut ms, 0.5));
+            if let Some(cur) = cursor {
+                let q2 = format!("{q}&cursor={cur}");
+                let mut ms = Vec::new();
+                for _ in 0..5 {
+                    let (t, k) = rest_once(&rest, &base, &q2).await.expect("page 2 answered");
+                    ms.push(t);
+                    n = k;
+                }
+                let max = ms.iter().copied().fold(0.0, f64::max);
+                println!(
+                    "| #p (30 values), page 2 by cursor | {:.1} / {max:.1} | {n} |",
+                    pct(&mut ms, 0.5)
+                );
+            }
+        }
+    }
+
     // NIP-77: the client holds 99 % of the newest `BENCH_NEG_IDS` (default 1,000,000) ids.
     let want: i64 = std::env::var("BENCH_NEG_IDS")
         .ok()
