@@ -314,6 +314,9 @@ fn conditions(f: &Filter, tag_index: bool, params: &mut SqlParams) -> FilterSql 
             .collect(),
         before: None,
         tag_index,
+        // No per-author cut: the DVM orders ties by the lowest id (NIP-01), the cut by the
+        // highest.
+        limit: None,
     }
     .build(params)
 }

@@ -43,7 +43,13 @@ pub struct Conditions<'a> {
     /// Answer tag filters from `event_tags` (true once [`tag_index_ready`]); else by scanning
     /// each candidate's tags.
     pub tag_index: bool,
+    /// At most this many events are wanted, newest first (`None`: all, as a count wants):
+    /// lets a few authors be read each from its own index range, at most this many each.
+    pub limit: Option<i64>,
 }
+
+/// Up to this many authors (and no ids or tag index to drive) are read author by author.
+const AUTHORS_ONE_BY_ONE: usize = 20;
 
 /// The query's source and conditions: `SELECT … FROM {from} WHERE TRUE{conditions}`. The
 /// rows are `events AS e`; order them by `e.created_at DESC, e.id …`.
@@ -195,6 +201,7 @@ impl Conditions<'_> {
                 }
             }
         }
+        let has_ids = self.ids.is_some();
         if let Some(ids) = self.ids {
             let n = push(Box::new(ids), params);
             sql.push_str(&format!(" AND e.id = ANY(${n})"));
@@ -204,8 +211,19 @@ impl Conditions<'_> {
         // created_at) with an incremental sort on the id, where `= ANY` made it scan the
         // newest-first index of all events and filter (an author with 0.24 % of 5M events:
         // 38,754 rows read, 185 ms cold, up to 2.3 s under load; now ~101 rows).
-        if let Some(authors) = self.authors {
-            sql.push_str(&equal_or_any("e.pubkey", authors, params));
+        // A few authors: each one's newest events from (pubkey, created_at) in order, at most
+        // `limit` each, then merged. As one `pubkey = ANY(…)` PostgreSQL read every event of
+        // those authors and sorted them (3 prolific authors on 5M events: 19,263 rows, 63 ms
+        // warm and more each day) or walked the newest-first index of all events.
+        let mut one_by_one = None;
+        if let Some(mut authors) = self.authors {
+            authors.sort_unstable();
+            authors.dedup();
+            if driver.is_none() && !has_ids && (2..=AUTHORS_ONE_BY_ONE).contains(&authors.len()) {
+                one_by_one = Some(push(Box::new(authors), params));
+            } else {
+                sql.push_str(&equal_or_any("e.pubkey", authors, params));
+            }
         }
         if let Some(kinds) = self.kinds {
             sql.push_str(&equal_or_any("e.kind", kinds, params));
@@ -262,6 +280,18 @@ impl Conditions<'_> {
                                       OR strpos(e.raw_canonical, p || ']') > 0)
                   END"
             ));
+        }
+        if let Some(a) = one_by_one {
+            let each = self
+                .limit
+                .map(|l| format!(" LIMIT ${}", push(Box::new(l), params)))
+                .unwrap_or_default();
+            from = format!(
+                "unnest(${a}::bytea[]) AS a (pk) CROSS JOIN LATERAL \
+                 (SELECT e.* FROM events AS e WHERE e.pubkey = a.pk{sql} \
+                  ORDER BY e.created_at DESC, e.id DESC{each}) AS e"
+            );
+            sql = String::new();
         }
         FilterSql {
             from,

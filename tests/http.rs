@@ -361,6 +361,11 @@ async fn serves_health_metrics_and_the_archive() {
     let pick = |i: usize| all[i * 37 % all.len()].clone();
     let some_ids: Vec<String> = (0..5).map(|i| pick(i).id).collect();
     let author = pick(3).pubkey;
+    let other = all
+        .iter()
+        .map(|e| e.pubkey.clone())
+        .find(|p| *p != author)
+        .expect("a second author");
     let (lo, hi) = (
         all.iter().map(|e| e.created_at).min().unwrap_or(0) + 50,
         all.iter().map(|e| e.created_at).min().unwrap_or(0) + 120,
@@ -433,6 +438,11 @@ async fn serves_health_metrics_and_the_archive() {
         (
             format!("%23t={}&kinds=1", urlencode(&t_value)),
             ids_where(&all, |e| e.kind == 1 && has_tag(e, "t", &[&t_value])),
+        ),
+        // Two authors (and one again): read author by author, 5 a page, merged in order.
+        (
+            format!("authors={author},{other},{author}"),
+            ids_where(&all, |e| e.pubkey == author || e.pubkey == other),
         ),
         (
             format!("authors={author}&kinds=1,1111&since={lo}"),

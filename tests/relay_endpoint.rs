@@ -222,6 +222,27 @@ fn cases(evs: &[Ev]) -> Vec<(&'static str, Want)> {
             },
         ),
         (
+            // Read author by author, each cut at the limit, then merged: the cut falls inside
+            // a second shared by several events (ties by id).
+            "two authors with a limit",
+            Want {
+                authors: Some(vec![author(1), author(0), author(1)]),
+                limit: Some(25),
+                ..Want::default()
+            },
+        ),
+        (
+            "three authors, kinds, a window and a limit",
+            Want {
+                authors: Some(vec![author(0), author(1), author(2)]),
+                kinds: Some(vec![1, 1111]),
+                since: Some(1_700_000_005),
+                until: Some(1_700_000_040),
+                limit: Some(33),
+                ..Want::default()
+            },
+        ),
+        (
             "since/until window with limit",
             Want {
                 since: Some(1_700_000_010),

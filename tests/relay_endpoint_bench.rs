@@ -399,6 +399,15 @@ async fn archive_as_a_relay_latency() {
             ("newest page", "limit=100".into()),
             ("ids (100)", format!("ids={}", enc(&ids))),
             ("authors (1)", format!("authors={}", authors[0])),
+            (
+                "authors (3, the hottest)",
+                format!("authors={}", enc(&authors[..3])),
+            ),
+            (
+                "authors (3) + kinds",
+                format!("authors={}&kinds=1", enc(&authors[..3])),
+            ),
+            ("authors (20)", format!("authors={}", enc(&authors[..20]))),
             ("authors (100)", format!("authors={}", enc(&authors))),
             ("kinds", "kinds=1&limit=100".into()),
             (

@@ -883,6 +883,7 @@ impl EventFilter {
                 .collect(),
             before: self.cursor.clone(),
             tag_index,
+            limit: Some(self.limit + 1),
         }
         .build(&mut params);
         // One pass over the candidates: tags are turned into text once, and `content` /

@@ -47,6 +47,7 @@ fn conditions<'a>(f: &'a Filter, tag_index: bool) -> Conditions<'a> {
             .collect(),
         before: None,
         tag_index,
+        limit: None,
     }
 }
 
@@ -62,7 +63,9 @@ pub async fn events(
     limit: u64,
 ) -> Result<tokio_postgres::RowStream, tokio_postgres::Error> {
     let mut params = SqlParams::new();
-    let sql_f = conditions(f, tag_index).build(&mut params);
+    let mut c = conditions(f, tag_index);
+    c.limit = Some(i64::try_from(limit).unwrap_or(i64::MAX));
+    let sql_f = c.build(&mut params);
     let n = push(
         Box::new(i64::try_from(limit).unwrap_or(i64::MAX)),
         &mut params,
@@ -119,8 +122,13 @@ pub async fn neg_items(
     max: usize,
 ) -> Result<Vec<(u64, [u8; 32])>, tokio_postgres::Error> {
     let mut params = SqlParams::new();
-    let s = conditions(f, tag_index).build(&mut params);
     let cap = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    let mut c = conditions(f, tag_index);
+    c.limit = f
+        .limit
+        .filter(|l| *l < cap)
+        .map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+    let s = c.build(&mut params);
     let (order, n) = match f.limit {
         Some(l) if l < cap => (format!("ORDER BY {}", s.order), l),
         _ => (String::new(), cap),
