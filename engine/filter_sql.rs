@@ -282,14 +282,17 @@ impl Conditions<'_> {
             ));
         }
         if let Some(a) = one_by_one {
+            // Without a limit (a count) nothing is cut, so nothing needs ordering.
             let each = self
                 .limit
-                .map(|l| format!(" LIMIT ${}", push(Box::new(l), params)))
+                .map(|l| {
+                    let n = push(Box::new(l), params);
+                    format!(" ORDER BY e.created_at DESC, e.id DESC LIMIT ${n}")
+                })
                 .unwrap_or_default();
             from = format!(
                 "unnest(${a}::bytea[]) AS a (pk) CROSS JOIN LATERAL \
-                 (SELECT e.* FROM events AS e WHERE e.pubkey = a.pk{sql} \
-                  ORDER BY e.created_at DESC, e.id DESC{each}) AS e"
+                 (SELECT e.* FROM events AS e WHERE e.pubkey = a.pk{sql}{each}) AS e"
             );
             sql = String::new();
         }
