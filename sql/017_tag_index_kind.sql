@@ -16,7 +16,27 @@
 -- only drops the old one:
 --   CREATE UNIQUE INDEX CONCURRENTLY event_tags_tag_created_at_id_kind_idx
 --       ON event_tags (tag, created_at, event_id) INCLUDE (kind);
+--
+-- A pre-built index that a failed CONCURRENTLY build left INVALID (cancelled,
+-- or the server restarted) would be kept by IF NOT EXISTS and never used, while
+-- the valid old one is dropped: such an index is rebuilt here. 016's index,
+-- whose file gives the same advice, is checked too.
 -- =============================================================================
+
+DO $$
+DECLARE
+    ix regclass;
+BEGIN
+    FOREACH ix IN ARRAY ARRAY[to_regclass('events_created_at_id_idx'),
+                              to_regclass('event_tags_tag_created_at_id_kind_idx')] LOOP
+        IF ix IS NOT NULL AND EXISTS (
+            SELECT 1 FROM pg_index WHERE indexrelid = ix AND NOT (indisvalid AND indisready)
+        ) THEN
+            RAISE NOTICE 'rebuilding index %, left invalid by a failed concurrent build', ix;
+            EXECUTE format('REINDEX INDEX %s', ix);
+        END IF;
+    END LOOP;
+END $$;
 
 CREATE UNIQUE INDEX IF NOT EXISTS event_tags_tag_created_at_id_kind_idx
     ON event_tags (tag, created_at, event_id) INCLUDE (kind);

@@ -322,3 +322,66 @@ fn a_metadata_only_archive_needs_the_tag_index() {
     .expect_err("refused");
     assert!(format!("{e:#}").contains("archive.tag_index"), "{e:#}");
 }
+
+/// Migrations 016 and 017 advise pre-building their indexes `CONCURRENTLY`; one that such a
+/// build left invalid is rebuilt by 017 rather than kept by `IF NOT EXISTS` and never used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_017_rebuilds_an_index_a_failed_concurrent_build_left_invalid() {
+    let pg = bigbrotr_testkit::cluster::shared_for_tests()
+        .await
+        .expect("cluster");
+    let url = pg.create_database("t").await.expect("db");
+    let pool = bigbrotr::db::connect(&url, 2).await.expect("pool");
+    let c = pool.get().await.expect("conn");
+    c.batch_execute(
+        "CREATE TABLE schema_migrations (
+             version INT PRIMARY KEY, name TEXT NOT NULL,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await
+    .expect("schema_migrations");
+    for (version, name, sql) in bigbrotr::db::migrations().iter().filter(|m| m.0 < 17) {
+        c.batch_execute(sql).await.expect("old migration");
+        c.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await
+        .expect("record");
+    }
+    // Pre-built as 017 advises, then marked as a failed concurrent build leaves it.
+    c.batch_execute(
+        "CREATE UNIQUE INDEX event_tags_tag_created_at_id_kind_idx
+             ON event_tags (tag, created_at, event_id) INCLUDE (kind);
+         UPDATE pg_index SET indisvalid = false
+          WHERE indexrelid IN ('event_tags_tag_created_at_id_kind_idx'::regclass,
+                               'events_created_at_id_idx'::regclass)",
+    )
+    .await
+    .expect("invalid indexes");
+    let newest = bigbrotr::db::migrations().last().map_or(0, |m| m.0);
+    assert_eq!(
+        bigbrotr::db::migrate(&pool).await.expect("migrate"),
+        (17..=newest).collect::<Vec<i32>>()
+    );
+    let rows = c
+        .query(
+            "SELECT c.relname::text, i.indisvalid AND i.indisready
+               FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+              WHERE c.relname IN ('event_tags_tag_created_at_id_kind_idx',
+                                  'events_created_at_id_idx', 'event_tags_tag_created_at_idx')
+              ORDER BY 1",
+            &[],
+        )
+        .await
+        .expect("indexes");
+    let got: Vec<(String, bool)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("event_tags_tag_created_at_id_kind_idx".to_string(), true),
+            ("events_created_at_id_idx".to_string(), true),
+        ],
+        "both rebuilt and valid, the old tag index gone"
+    );
+}
