@@ -406,6 +406,140 @@ async fn oversized_slow_excess_and_idle_clients_do_not_stop_the_server() {
     assert!(recv(&mut fresh).await.is_none(), "closed by the stop");
 }
 
+/// Clients slower than the archive hold none of its read connections while they catch up.
+/// Six clients that never read stall mid-answer, more than the read pool's four
+/// connections, and another client is still answered before any of them is closed. A client
+/// that reads slowly gets every event of its REQ exactly once, newest first, across many
+/// pauses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_hold_no_read_connection_and_miss_nothing() {
+    let (pool, db) = test_db().await;
+    let evs = corpus();
+    let mut newest: Vec<(i64, [u8; 32])> = evs.iter().map(|e| (e.created_at, e.id)).collect();
+    newest.sort_unstable_by(|a, b| b.cmp(a));
+    let t0: Vec<[u8; 32]> = evs
+        .iter()
+        .filter(|e| e.json.contains("[\"t\",\"t0\"]"))
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(t0.len(), 400);
+    archive(&pool, &db, evs).await;
+    let server = serve(&pool, &db, |h| {
+        h.relay_max_outbound_bytes = 65_536;
+        h.relay_max_connections = 16;
+        h.relay_idle_timeout_ms = bigbrotr::config::Millis::new(60_000);
+        h.max_limit = 500;
+    })
+    .await;
+    let stats = &server.relay().expect("relay on").stats;
+
+    let mut slow = Vec::new();
+    for _ in 0..6 {
+        let mut ws = never_reading(&server).await;
+        for i in 0..20 {
+            send(
+                &mut ws,
+                json!(["REQ", format!("big{i}"), {"kinds": [1], "limit": 500}]).to_string(),
+            )
+            .await;
+        }
+        slow.push(ws);
+    }
+    let mut waited = 0;
+    while stats.req_stalls.load(Relaxed) < 6 {
+        assert!(waited < 600, "the six clients never filled their queues");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    // Had each held its read connection while stalled, this REQ would wait behind them
+    // until the first was closed.
+    let mut good = connect(&server).await;
+    assert_eq!(req_works(&mut good, "g", 10).await, 10);
+    assert_eq!(
+        stats.slow_closed.load(Relaxed),
+        0,
+        "answered while every stalled client was still open"
+    );
+
+    // Slow but reading: nine large REQs, then one of two filters whose events overlap, all
+    // read at ~2 MB/s once the server has paused on a full queue, so that the backlog ahead
+    // keeps the answers pausing and resuming to the end.
+    let stalls = stats.req_stalls.load(Relaxed);
+    let mut reader = never_reading(&server).await;
+    for i in 0..9 {
+        send(
+            &mut reader,
+            json!(["REQ", format!("r{i}"), {"kinds": [1], "limit": 500}]).to_string(),
+        )
+        .await;
+    }
+    send(
+        &mut reader,
+        json!(["REQ", "all", {"kinds": [1], "limit": 500}, {"#t": ["t0"]}]).to_string(),
+    )
+    .await;
+    let mut waited = 0;
+    while stats.req_stalls.load(Relaxed) == stalls {
+        assert!(waited < 600, "the reader's answers never filled its queue");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    let mut answers: std::collections::BTreeMap<String, Vec<[u8; 32]>> = Default::default();
+    let mut eose = 0;
+    while eose < 10 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let v = recv(&mut reader).await.expect("the reader is served");
+        let sub = v[1].as_str().expect("sub").to_string();
+        match v[0].as_str() {
+            Some("EVENT") => {
+                let id = hex::decode(v[2]["id"].as_str().expect("id")).expect("hex");
+                answers
+                    .entry(sub)
+                    .or_default()
+                    .push(id.try_into().expect("32 bytes"));
+            }
+            Some("EOSE") => eose += 1,
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert!(
+        stats.req_stalls.load(Relaxed) > stalls + 2,
+        "the answers were paused and resumed"
+    );
+    assert_eq!(
+        stats.slow_closed.load(Relaxed),
+        6,
+        "only the six that never read"
+    );
+    let first: Vec<[u8; 32]> = newest[..500].iter().map(|x| x.1).collect();
+    for i in 0..9 {
+        assert_eq!(
+            answers[&format!("r{i}")],
+            first,
+            "r{i}: the newest 500, in order, once"
+        );
+    }
+    let got = &answers["all"];
+    assert_eq!(
+        got[..500],
+        first[..],
+        "the newest 500, newest first, none twice"
+    );
+    let mut want: std::collections::BTreeSet<[u8; 32]> = first.iter().copied().collect();
+    want.extend(t0.iter().copied());
+    let rest: std::collections::BTreeSet<[u8; 32]> = got[500..].iter().copied().collect();
+    assert_eq!(rest.len(), got.len() - 500, "no event twice");
+    assert_eq!(
+        got.iter()
+            .copied()
+            .collect::<std::collections::BTreeSet<_>>(),
+        want,
+        "every event of both filters"
+    );
+    drop(slow);
+    server.shutdown().await;
+}
+
 /// Archives `evs` through a running pipeline (one connector pass over a test relay serving
 /// them), as `bigbrotr run` does while the endpoint serves.
 async fn archive_live(

@@ -226,6 +226,12 @@ pub fn render_relay_endpoint(r: &super::relay::RelayStats) -> String {
         load(&r.live_lagged),
     );
     e.single(
+        "bigbrotr_relay_endpoint_req_stalls_total",
+        "counter",
+        "Times a REQ found its client's outbound queue full and gave its database connection back until the client read (a slow reader holds no read connection).",
+        load(&r.req_stalls),
+    );
+    e.single(
         "bigbrotr_relay_endpoint_notices_total",
         "counter",
         "Relay endpoint messages answered with a NOTICE (malformed, unknown verb, too large).",

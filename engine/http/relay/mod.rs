@@ -99,6 +99,9 @@ pub struct RelayStats {
     pub live_events: AtomicU64,
     /// Live subscriptions closed because their connection fell behind the feed.
     pub live_lagged: AtomicU64,
+    /// Times a REQ found its client's queue full and gave its database connection back
+    /// while the client caught up (then went on after the last event sent).
+    pub req_stalls: AtomicU64,
 }
 
 /// The relay endpoint's settings and shared state.
@@ -304,6 +307,93 @@ impl Outbox {
         self.tx
             .send((Message::Text(text.into()), n))
             .map_err(|_| End::Gone)
+    }
+
+    /// Queues `text` if there is room now; else gives it back (`Ok(Some)`) to be sent with
+    /// [`Outbox::send`] once the caller has let go of what it must not hold while waiting.
+    fn try_send(&self, text: String) -> Result<Option<String>, End> {
+        let n = u32::try_from(text.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.cap);
+        match self.room.try_acquire_many(n) {
+            Ok(p) => p.forget(),
+            Err(tokio::sync::TryAcquireError::NoPermits) => return Ok(Some(text)),
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(End::Gone),
+        }
+        self.tx
+            .send((Message::Text(text.into()), n))
+            .map(|()| None)
+            .map_err(|_| End::Gone)
+    }
+}
+
+/// How a stretch of a REQ's stored events ended.
+enum Stretch {
+    /// The filter's events are all sent.
+    Done,
+    /// The client's queue is full: `msg` (the event at `at`, the `taken`-th row of the
+    /// stretch) waits to be sent, and the rest comes after `at`.
+    Full {
+        msg: String,
+        at: (i64, Vec<u8>),
+        taken: u64,
+    },
+    /// The archive failed: the reason to send in `CLOSED`.
+    Failed(String),
+}
+
+/// Streams the stored events of `f` (at most `limit`, after `before`) into `out` while the
+/// client's queue has room; `seen` drops the events an earlier filter of the REQ sent.
+#[allow(clippy::too_many_arguments)]
+async fn stretch(
+    relay: &Relay,
+    conn: &query::Conn<'_>,
+    f: &Filter,
+    tag_index: bool,
+    limit: u64,
+    before: Option<(i64, Vec<u8>)>,
+    prefix: &str,
+    seen: Option<&mut HashSet<[u8; 32]>>,
+    out: &Outbox,
+) -> Result<Stretch, End> {
+    let rows = match query::events(conn, f, tag_index, limit, before).await {
+        Ok(r) => r,
+        Err(e) => return Ok(Stretch::Failed(db_reason(&e))),
+    };
+    let mut rows = std::pin::pin!(rows);
+    let mut seen = seen;
+    let mut taken = 0u64;
+    loop {
+        let row = match rows.next().await {
+            None => return Ok(Stretch::Done),
+            Some(Ok(r)) => r,
+            Some(Err(e)) => return Ok(Stretch::Failed(db_reason(&e))),
+        };
+        taken += 1;
+        let (ev, at) = match (query::event_json(&row), query::position(&row)) {
+            (Ok(Some(ev)), Ok(at)) => (ev, at),
+            (Ok(None), _) => continue,
+            (Err(e), _) | (_, Err(e)) => return Ok(Stretch::Failed(db_reason(&e))),
+        };
+        drop(row);
+        let (id, json) = ev;
+        if let Some(seen) = seen.as_deref_mut() {
+            if !seen.insert(id) {
+                continue;
+            }
+        }
+        let mut msg = String::with_capacity(prefix.len() + json.len() + 1);
+        msg.push_str(prefix);
+        msg.push_str(&json);
+        msg.push(']');
+        match out.try_send(msg)? {
+            None => {
+                relay.stats.events_sent.fetch_add(1, Relaxed);
+            }
+            // Dropping the stream mid-way leaves the rest of the rows to the connection,
+            // which discards them.
+            Some(msg) => return Ok(Stretch::Full { msg, at, taken }),
+        }
     }
 }
 
@@ -684,59 +774,66 @@ impl Session {
             self.live = Some(self.feed.subscribe());
         }
         let pool = self.pool.clone();
-        let conn = match checkout(&pool).await {
-            Ok(c) => c,
+        let mut conn = match checkout(&pool).await {
+            Ok(c) => Some(c),
             Err(why) => {
                 self.subs.remove(sub);
                 return out.send(closed(sub, &why)).await;
             }
         };
-        let tag_index = relay.tag_index(&conn, &filters).await;
+        let tag_index = match &conn {
+            Some(c) => relay.tag_index(c, &filters).await,
+            None => false,
+        };
         let prefix = format!("[\"EVENT\",{},", json!(sub));
         let mut seen: HashSet<[u8; 32]> = HashSet::new();
+        let multi = filters.len() > 1;
         for f in &filters {
-            let limit = f.limit.unwrap_or(relay.max_limit).min(relay.max_limit);
-            if limit == 0 {
-                continue;
-            }
-            let rows = match query::events(&conn, f, tag_index, limit).await {
-                Ok(r) => r,
-                Err(e) => {
-                    self.subs.remove(sub);
-                    return out.send(closed(sub, &db_reason(&e))).await;
-                }
-            };
-            let mut rows = std::pin::pin!(rows);
-            loop {
-                let row = match rows.next().await {
-                    None => break,
-                    Some(Ok(r)) => r,
-                    Some(Err(e)) => {
-                        self.subs.remove(sub);
-                        return out.send(closed(sub, &db_reason(&e))).await;
-                    }
+            let mut left = f.limit.unwrap_or(relay.max_limit).min(relay.max_limit);
+            let mut before = None;
+            while left > 0 {
+                let c = match conn {
+                    Some(ref c) => c,
+                    None => match checkout(&pool).await {
+                        Ok(c) => conn.insert(c),
+                        Err(why) => {
+                            self.subs.remove(sub);
+                            return out.send(closed(sub, &why)).await;
+                        }
+                    },
                 };
-                let ev = match query::event_json(&row) {
-                    Ok(Some(ev)) => ev,
-                    Ok(None) => continue,
-                    Err(e) => {
-                        self.subs.remove(sub);
-                        return out.send(closed(sub, &db_reason(&e))).await;
+                let seen = multi.then_some(&mut seen);
+                match stretch(
+                    &relay,
+                    c,
+                    f,
+                    tag_index,
+                    left,
+                    before.take(),
+                    &prefix,
+                    seen,
+                    out,
+                )
+                .await?
+                {
+                    Stretch::Done => break,
+                    Stretch::Full { msg, at, taken } => {
+                        // A client slower than the archive must not hold one of its few read
+                        // connections while it catches up (a few such clients would stall
+                        // every REST and relay reader for as long as they do not read): give
+                        // it back, wait for room, then go on after the event just sent.
+                        conn = None;
+                        relay.stats.req_stalls.fetch_add(1, Relaxed);
+                        out.send(msg).await?;
+                        relay.stats.events_sent.fetch_add(1, Relaxed);
+                        left = left.saturating_sub(taken);
+                        before = Some(at);
                     }
-                };
-                drop(row);
-                let (id, json) = ev;
-                if filters.len() > 1 && !seen.insert(id) {
-                    continue;
+                    Stretch::Failed(why) => {
+                        self.subs.remove(sub);
+                        return out.send(closed(sub, &why)).await;
+                    }
                 }
-                let mut msg = String::with_capacity(prefix.len() + json.len() + 1);
-                msg.push_str(&prefix);
-                msg.push_str(&json);
-                msg.push(']');
-                // A full queue ends the connection; dropping the stream mid-way leaves the
-                // rest of the rows to the connection, which discards them.
-                out.send(msg).await?;
-                relay.stats.events_sent.fetch_add(1, Relaxed);
             }
         }
         relay.stats.reqs.fetch_add(1, Relaxed);
