@@ -38,9 +38,14 @@ fn shots_dir() -> PathBuf {
 
 /// Runs headless Chromium on `url` with `extra` arguments (bounded); returns (stdout, stderr).
 /// Virtual time lets the page's fetches and first renders finish before the DOM is taken.
+/// Headless Chromium's virtual time now and then never ends on a loaded machine (seen once
+/// in a full suite while builds ran, the page long since served): a run that hangs is
+/// killed and tried once more, with a fresh profile; a second hang fails the test.
 fn chromium(url: &str, extra: &[&str], profile: &Path) -> (String, String) {
-    let out = output_within(
-        Command::new("chromium")
+    let mut attempt = 0;
+    let out = loop {
+        let dir = profile.with_extension(format!("try{attempt}"));
+        let child = Command::new("chromium")
             .args([
                 "--headless",
                 "--no-sandbox",
@@ -53,12 +58,28 @@ fn chromium(url: &str, extra: &[&str], profile: &Path) -> (String, String) {
                 "--virtual-time-budget=8000",
                 "--window-size=1400,2200",
             ])
-            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(format!("--user-data-dir={}", dir.display()))
             .args(extra)
-            .arg(url),
-        BROWSER_LIMIT,
-        "chromium",
-    );
+            .arg(url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn chromium");
+        match try_wait_within(child, BROWSER_LIMIT, "chromium") {
+            Ok(out) => break out,
+            Err(stderr) if attempt == 0 => {
+                eprintln!(
+                    "chromium still running after {BROWSER_LIMIT:?}; once more\n{}",
+                    String::from_utf8_lossy(&stderr)
+                );
+                attempt += 1;
+            }
+            Err(stderr) => panic!(
+                "chromium: still running after {BROWSER_LIMIT:?}, twice\n{}",
+                String::from_utf8_lossy(&stderr)
+            ),
+        }
+    };
     assert!(
         out.status.success(),
         "chromium failed: {}",

@@ -328,10 +328,26 @@ fn drain<R: std::io::Read + Send + 'static>(pipe: Option<R>) -> std::thread::Joi
 /// Waits for a spawned `child` (stdout and stderr piped) at most `limit`; kills it and fails the
 /// test naming `what` when it is still running then.
 pub fn wait_within(
-    mut child: std::process::Child,
+    child: std::process::Child,
     limit: std::time::Duration,
     what: &str,
 ) -> std::process::Output {
+    try_wait_within(child, limit, what).unwrap_or_else(|stderr| {
+        panic!(
+            "{what}: still running after {limit:?}\n{}",
+            String::from_utf8_lossy(&stderr)
+        )
+    })
+}
+
+/// [`wait_within`], but a child still running after `limit` is killed and its stderr
+/// returned as the error, for a caller that may try again.
+#[allow(dead_code)]
+pub fn try_wait_within(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+    what: &str,
+) -> Result<std::process::Output, Vec<u8>> {
     let out = drain(child.stdout.take());
     let err = drain(child.stderr.take());
     let start = std::time::Instant::now();
@@ -341,19 +357,15 @@ pub fn wait_within(
             Ok(None) if start.elapsed() > limit => {
                 let _ = child.kill();
                 let _ = child.wait();
-                let stderr = err.join().unwrap_or_default();
-                panic!(
-                    "{what}: still running after {limit:?}\n{}",
-                    String::from_utf8_lossy(&stderr)
-                );
+                return Err(err.join().unwrap_or_default());
             }
             Ok(None) => std::thread::sleep(std::time::Duration::from_millis(20)),
             Err(e) => panic!("{what}: wait: {e}"),
         }
     };
-    std::process::Output {
+    Ok(std::process::Output {
         status,
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
-    }
+    })
 }
