@@ -22,7 +22,9 @@
 //! filter; subscriptions and reconciliations per connection; relay connections on the server
 //! (`http.relay_max_connections`, each also one of `http.max_connections`); an idle timeout;
 //! and a queue of at most `http.relay_max_outbound_bytes` towards a client that does not read,
-//! past which the connection is closed (a query answering into a full queue stops at once).
+//! past which the connection is closed. A REQ that finds the queue full gives its database
+//! connection back while it waits, and then resumes after the last event sent, so a client
+//! slower than the archive holds none of the read pool's few connections.
 
 pub mod live;
 pub mod negstore;
