@@ -832,12 +832,14 @@ impl Session {
                         before = Some(at);
                     }
                     Stretch::Failed(why) => {
+                        drop(conn.take());
                         self.subs.remove(sub);
                         return out.send(closed(sub, &why)).await;
                     }
                 }
             }
         }
+        drop(conn);
         relay.stats.reqs.fetch_add(1, Relaxed);
         out.send(json!(["EOSE", sub]).to_string()).await?;
         // Open until CLOSE: from now on, committed events matching a filter are sent.
@@ -857,14 +859,16 @@ impl Session {
             Err(why) => return out.send(closed(sub, &why)).await,
         };
         let tag_index = relay.tag_index(&conn, &filters).await;
-        match query::count(&conn, &filters, tag_index).await {
+        let answer = match query::count(&conn, &filters, tag_index).await {
             Ok(n) => {
                 self.relay.stats.counts.fetch_add(1, Relaxed);
-                out.send(json!(["COUNT", sub, {"count": n}]).to_string())
-                    .await
+                json!(["COUNT", sub, {"count": n}]).to_string()
             }
-            Err(e) => out.send(closed(sub, &db_reason(&e))).await,
-        }
+            Err(e) => closed(sub, &db_reason(&e)),
+        };
+        // Given back before the answer may wait for room in a slow client's queue.
+        drop(conn);
+        out.send(answer).await
     }
 
     async fn neg_open(&mut self, sub: &str, raw: &[Value], out: &Outbox) -> Result<(), End> {
@@ -908,11 +912,13 @@ impl Session {
             Err(why) => return out.send(neg_err(sub, &why)).await,
         };
         let tag_index = relay.tag_index(&conn, std::slice::from_ref(&filter)).await;
-        let items = match query::neg_items(&conn, &filter, tag_index, relay.max_neg_ids).await {
+        let items = query::neg_items(&conn, &filter, tag_index, relay.max_neg_ids).await;
+        // Given back before any answer may wait for room in a slow client's queue.
+        drop(conn);
+        let items = match items {
             Ok(i) => i,
             Err(e) => return out.send(neg_err(sub, &db_reason(&e))).await,
         };
-        drop(conn);
         if items.len() > relay.max_neg_ids {
             return out
                 .send(neg_err(
