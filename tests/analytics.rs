@@ -779,22 +779,7 @@ async fn the_migration_counts_rows_written_before_it() {
     let pool = bigbrotr::db::connect(&url, 4).await.expect("pool");
     {
         let c = pool.get().await.expect("conn");
-        c.batch_execute(
-            "CREATE TABLE schema_migrations (
-                 version INT PRIMARY KEY, name TEXT NOT NULL,
-                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-        )
-        .await
-        .expect("schema_migrations");
-        for (version, name, sql) in bigbrotr::db::migrations().iter().filter(|m| m.0 < 8) {
-            c.batch_execute(sql).await.expect("old migration");
-            c.execute(
-                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-                &[version, name],
-            )
-            .await
-            .expect("record");
-        }
+        migrate_below(&c, 8).await;
         let evs = events(30, "old");
         for (i, e) in evs.iter().enumerate() {
             insert_event(&*c, e, "wss://old.example.com").await;

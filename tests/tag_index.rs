@@ -333,22 +333,7 @@ async fn migration_017_rebuilds_an_index_a_failed_concurrent_build_left_invalid(
     let url = pg.create_database("t").await.expect("db");
     let pool = bigbrotr::db::connect(&url, 2).await.expect("pool");
     let c = pool.get().await.expect("conn");
-    c.batch_execute(
-        "CREATE TABLE schema_migrations (
-             version INT PRIMARY KEY, name TEXT NOT NULL,
-             applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
-    )
-    .await
-    .expect("schema_migrations");
-    for (version, name, sql) in bigbrotr::db::migrations().iter().filter(|m| m.0 < 17) {
-        c.batch_execute(sql).await.expect("old migration");
-        c.execute(
-            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
-            &[version, name],
-        )
-        .await
-        .expect("record");
-    }
+    migrate_below(&c, 17).await;
     // Pre-built as 017 advises, then marked as a failed concurrent build leaves it.
     c.batch_execute(
         "CREATE UNIQUE INDEX event_tags_tag_created_at_id_kind_idx

@@ -81,6 +81,28 @@ pub fn relay_url(s: &str) -> bigbrotr::stages::model::RelayUrl {
     bigbrotr::stages::model::RelayUrl::parse(s, true).expect("relay url")
 }
 
+/// Applies and records the migrations below `version` on a fresh database, as an archive
+/// made by an older bigbrotr: the next `bigbrotr::db::migrate` applies the rest.
+#[allow(dead_code)]
+pub async fn migrate_below(c: &tokio_postgres::Client, version: i32) {
+    c.batch_execute(
+        "CREATE TABLE schema_migrations (
+             version INT PRIMARY KEY, name TEXT NOT NULL,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await
+    .expect("schema_migrations");
+    for (v, name, sql) in bigbrotr::db::migrations().iter().filter(|m| m.0 < version) {
+        c.batch_execute(sql).await.expect("old migration");
+        c.execute(
+            "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+            &[v, name],
+        )
+        .await
+        .expect("record");
+    }
+}
+
 /// Ids (hex) in `events`.
 pub async fn event_ids(pool: &Pool) -> BTreeSet<String> {
     let c = pool.get().await.expect("conn");
