@@ -77,14 +77,23 @@ async fn serve(
     http.spawn(state)
 }
 
+/// Waits (at most 60 s) until `done`; fails the test with `what` past that.
+async fn wait_until(what: &str, done: impl Fn() -> bool) {
+    for _ in 0..600 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(done(), "{what}");
+}
+
 /// Waits (at most 60 s) until the server counts `n` open relay connections.
 async fn wait_open(stats: &bigbrotr::http::relay::RelayStats, n: u64) {
-    let mut waited = 0;
-    while stats.open.load(Relaxed) != n {
-        assert!(waited < 600, "closed connections keep their places");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waited += 1;
-    }
+    wait_until("closed connections keep their places", || {
+        stats.open.load(Relaxed) == n
+    })
+    .await;
 }
 
 /// A client on a 4 KB receive buffer, for a test to leave unread.
@@ -355,12 +364,10 @@ async fn oversized_slow_excess_and_idle_clients_do_not_stop_the_server() {
         )
         .await;
     }
-    let mut waited = 0;
-    while stats.slow_closed.load(Relaxed) == 0 {
-        assert!(waited < 600, "the slow client was never closed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waited += 1;
-    }
+    wait_until("the slow client was never closed", || {
+        stats.slow_closed.load(Relaxed) > 0
+    })
+    .await;
     assert_eq!(req_works(&mut good, "g2", 10).await, 10);
     // What it reads now ends before the 20 answers it asked for.
     let mut eose = 0;
@@ -445,12 +452,10 @@ async fn slow_readers_hold_no_read_connection_and_miss_nothing() {
         }
         slow.push(ws);
     }
-    let mut waited = 0;
-    while stats.req_stalls.load(Relaxed) < 6 {
-        assert!(waited < 600, "the six clients never filled their queues");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waited += 1;
-    }
+    wait_until("the six clients never filled their queues", || {
+        stats.req_stalls.load(Relaxed) >= 6
+    })
+    .await;
     // Had each held its read connection while stalled, this REQ would wait behind them
     // until the first was closed.
     let mut good = connect(&server).await;
@@ -478,12 +483,10 @@ async fn slow_readers_hold_no_read_connection_and_miss_nothing() {
         json!(["REQ", "all", {"kinds": [1], "limit": 500}, {"#t": ["t0"]}]).to_string(),
     )
     .await;
-    let mut waited = 0;
-    while stats.req_stalls.load(Relaxed) == stalls {
-        assert!(waited < 600, "the reader's answers never filled its queue");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waited += 1;
-    }
+    wait_until("the reader's answers never filled its queue", || {
+        stats.req_stalls.load(Relaxed) > stalls
+    })
+    .await;
     let mut answers: std::collections::BTreeMap<String, Vec<[u8; 32]>> = Default::default();
     let mut eose = 0;
     while eose < 10 {
@@ -680,12 +683,10 @@ async fn open_subscriptions_get_newly_archived_events() {
         live_ids(&mut ws, "all", flood.len())
     );
     assert_eq!(got, want);
-    let mut waited = 0;
-    while stats.slow_closed.load(Relaxed) == slow_before {
-        assert!(waited < 600, "the deaf subscriber was never cut off");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        waited += 1;
-    }
+    wait_until("the deaf subscriber was never cut off", || {
+        stats.slow_closed.load(Relaxed) > slow_before
+    })
+    .await;
     drop(deaf);
     assert_eq!(
         event_ids(&pool).await.len(),
