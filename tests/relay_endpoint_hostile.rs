@@ -509,11 +509,22 @@ async fn slow_readers_hold_no_read_connection_and_miss_nothing() {
         stats.req_stalls.load(Relaxed) > stalls + 2,
         "the answers were paused and resumed"
     );
+    // The six that never read are closed 5 s after they stalled; the reader, which read, is not.
+    wait_until("the six never-reading clients are closed", || {
+        stats.slow_closed.load(Relaxed) >= 6
+    })
+    .await;
     assert_eq!(
         stats.slow_closed.load(Relaxed),
         6,
         "only the six that never read"
     );
+    send(
+        &mut reader,
+        json!(["COUNT", "c", {"kinds": [1]}]).to_string(),
+    )
+    .await;
+    assert_eq!(expect(&mut reader, "COUNT").await[2]["count"], 1200);
     let first: Vec<[u8; 32]> = newest[..500].iter().map(|x| x.1).collect();
     for i in 0..9 {
         assert_eq!(
