@@ -40,7 +40,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 #[test]
-fn config_check_refuses_infinite_negative_and_huge_durations() {
+fn config_check_refuses_infinite_negative_huge_and_out_of_range_values() {
     let dir = scratch("durations");
     let cases = [
         (
@@ -53,6 +53,8 @@ fn config_check_refuses_infinite_negative_and_huge_durations() {
         ),
         ("[sync]\ninterval = nan\n", "sync.interval"),
         ("[dvm]\njob_timeout = 1e30\n", "dvm.job_timeout"),
+        ("[http]\nread_connections = 0\n", "http.read_connections"),
+        ("[http]\nread_connections = 5000\n", "http.read_connections"),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let file = write(&dir, &format!("bad{i}.toml"), text);

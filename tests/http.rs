@@ -868,6 +868,32 @@ async fn next_served(served: &mut tokio::sync::mpsc::UnboundedReceiver<usize>) -
         .expect("open")
 }
 
+/// `http.read_connections` sizes the read-only pool: with that many connections taken, the
+/// next waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_connections_sets_the_read_pool_size() {
+    let (_, url) = test_db().await;
+    let mut cfg = config(&url);
+    cfg.http.read_connections = 2;
+    let pool = bigbrotr::http::reader_pool(&cfg.http, &url)
+        .await
+        .expect("read pool");
+    let a = pool.get().await.expect("first");
+    let b = pool.get().await.expect("second");
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_secs(1), pool.get())
+            .await
+            .is_err(),
+        "a third connection while two are taken"
+    );
+    drop(a);
+    let c = tokio::time::timeout(std::time::Duration::from_secs(10), pool.get())
+        .await
+        .expect("one given back")
+        .expect("third");
+    drop((b, c));
+}
+
 /// The read pool hands connections out in arrival order: with every connection taken, 12
 /// requests queued one after another get theirs in that order, and one arriving just as a
 /// connection comes back does not jump the queue (bb8 alone let it: a REST p95 of twice the
@@ -875,7 +901,8 @@ async fn next_served(served: &mut tokio::sync::mpsc::UnboundedReceiver<usize>) -
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_connections_go_first_come_first_served() {
     let (_, url) = test_db().await;
-    let reader = bigbrotr::http::Reader::new(bigbrotr::db::connect(&url, 4).await.expect("pool"));
+    let reader =
+        bigbrotr::http::Reader::new(bigbrotr::db::connect(&url, 4).await.expect("pool"), 4);
     let wait = std::time::Duration::from_secs(30);
     let mut held = Vec::new();
     for _ in 0..4 {

@@ -17,6 +17,9 @@ pub struct Http {
     pub statement_timeout_ms: Millis,
     /// Connection string for the API; empty = the archive's server as role `bigbrotr_reader`.
     pub readonly_database_url: String,
+    /// Database connections the REST API and the relay endpoint read with, shared; requests
+    /// beyond them wait in arrival order (at most 5 s, then 503 / "busy").
+    pub read_connections: u32,
     /// Largest API page in bytes: a page is cut (`truncated`) before it grows past this,
     /// except that one event larger than it is still returned alone.
     pub max_response_bytes: usize,
@@ -68,6 +71,7 @@ impl Default for Http {
             max_limit: 500,
             statement_timeout_ms: Millis::new(5000),
             readonly_database_url: String::new(),
+            read_connections: 4,
             max_response_bytes: 4 << 20,
             max_connections: 1024,
             header_timeout_ms: Millis::new(10_000),
@@ -102,6 +106,11 @@ impl Http {
             file,
             &[
                 (self.max_limit >= 1, "http.max_limit", "must be at least 1"),
+                (
+                    (1..=100).contains(&self.read_connections),
+                    "http.read_connections",
+                    "must be between 1 and 100 (each is a PostgreSQL connection)",
+                ),
                 (
                     self.max_response_bytes >= 1024,
                     "http.max_response_bytes",

@@ -36,9 +36,6 @@ use tokio_postgres::NoTls;
 /// The database role the API connects as when `http.readonly_database_url` is empty.
 pub const READER_ROLE: &str = "bigbrotr_reader";
 
-/// Connections in the API's pool: requests beyond this wait (up to [`READER_CHECKOUT`]).
-const READER_POOL_SIZE: u32 = 4;
-
 /// Longest a request waits for a pooled API connection before it is answered 503.
 pub const READER_CHECKOUT: Duration = Duration::from_secs(5);
 
@@ -72,11 +69,11 @@ impl<'a> std::ops::Deref for ReaderConn<'a> {
 }
 
 impl Reader {
-    /// A pool handed out in arrival order.
-    pub fn new(pool: Pool) -> Reader {
+    /// `pool` (of `size` connections) handed out in arrival order.
+    pub fn new(pool: Pool, size: u32) -> Reader {
         Reader {
             pool,
-            turns: Arc::new(tokio::sync::Semaphore::new(READER_POOL_SIZE as usize)),
+            turns: Arc::new(tokio::sync::Semaphore::new(size.max(1) as usize)),
         }
     }
 
@@ -156,7 +153,10 @@ impl Http {
             .await
             .with_context(|| format!("cannot listen on {} (key `http.listen`)", http.listen))?;
         let reader = if http.api || http.relay {
-            Some(Reader::new(reader_pool(http, archive_url).await?))
+            Some(Reader::new(
+                reader_pool(http, archive_url).await?,
+                http.read_connections,
+            ))
         } else {
             None
         };
@@ -368,7 +368,7 @@ pub async fn reader_pool(http: &config::Http, archive_url: &str) -> anyhow::Resu
         })?;
     drop(probe);
     bb8::Pool::builder()
-        .max_size(READER_POOL_SIZE)
+        .max_size(http.read_connections.max(1))
         // bb8 would send an empty query before every checkout: one more round trip per
         // request. A connection the server closed is dropped by `has_broken`; one that breaks
         // unseen fails its request with a 503 and is then dropped.
