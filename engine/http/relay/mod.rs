@@ -298,9 +298,7 @@ impl Outbox {
     /// Queues `text` once there is room (a message larger than the whole queue waits for
     /// the queue to empty, then goes alone).
     async fn send(&self, text: String) -> Result<(), End> {
-        let n = u32::try_from(text.len())
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.cap);
+        let n = self.cost(&text);
         match tokio::time::timeout(self.stall, self.room.acquire_many(n)).await {
             Ok(Ok(p)) => p.forget(),
             Ok(Err(_)) => return Err(End::Gone),
@@ -311,12 +309,17 @@ impl Outbox {
             .map_err(|_| End::Gone)
     }
 
+    /// The queue room `text` takes: its size, at most the whole queue.
+    fn cost(&self, text: &str) -> u32 {
+        u32::try_from(text.len())
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.cap)
+    }
+
     /// Queues `text` if there is room now; else gives it back (`Ok(Some)`) to be sent with
     /// [`Outbox::send`] once the caller has let go of what it must not hold while waiting.
     fn try_send(&self, text: String) -> Result<Option<String>, End> {
-        let n = u32::try_from(text.len())
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.cap);
+        let n = self.cost(&text);
         match self.room.try_acquire_many(n) {
             Ok(p) => p.forget(),
             Err(tokio::sync::TryAcquireError::NoPermits) => return Ok(Some(text)),
@@ -355,7 +358,7 @@ async fn stretch(
     limit: u64,
     before: Option<(i64, Vec<u8>)>,
     prefix: &str,
-    seen: Option<&mut HashSet<[u8; 32]>>,
+    mut seen: Option<&mut HashSet<[u8; 32]>>,
     out: &Outbox,
 ) -> Result<Stretch, End> {
     let rows = match query::events(conn, f, tag_index, limit, before).await {
@@ -363,7 +366,6 @@ async fn stretch(
         Err(e) => return Ok(Stretch::Failed(db_reason(&e))),
     };
     let mut rows = std::pin::pin!(rows);
-    let mut seen = seen;
     let mut taken = 0u64;
     loop {
         let row = match rows.next().await {
@@ -776,17 +778,16 @@ impl Session {
             self.live = Some(self.feed.subscribe());
         }
         let pool = self.pool.clone();
-        let mut conn = match checkout(&pool).await {
-            Ok(c) => Some(c),
+        let first = match checkout(&pool).await {
+            Ok(c) => c,
             Err(why) => {
                 self.subs.remove(sub);
                 return out.send(closed(sub, &why)).await;
             }
         };
-        let tag_index = match &conn {
-            Some(c) => relay.tag_index(c, &filters).await,
-            None => false,
-        };
+        let tag_index = relay.tag_index(&first, &filters).await;
+        // Taken again after a pause on a full client queue (see `Stretch::Full`).
+        let mut conn = Some(first);
         let prefix = format!("[\"EVENT\",{},", json!(sub));
         let mut seen: HashSet<[u8; 32]> = HashSet::new();
         let multi = filters.len() > 1;
