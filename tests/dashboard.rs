@@ -45,27 +45,23 @@ fn chromium(url: &str, extra: &[&str], profile: &Path) -> (String, String) {
     let mut attempt = 0;
     let out = loop {
         let dir = profile.with_extension(format!("try{attempt}"));
-        let child = Command::new("chromium")
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--disable-extensions",
-                "--enable-logging=stderr",
-                "--v=0",
-                "--virtual-time-budget=8000",
-                "--window-size=1400,2200",
-            ])
-            .arg(format!("--user-data-dir={}", dir.display()))
-            .args(extra)
-            .arg(url)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn chromium");
-        match try_wait_within(child, BROWSER_LIMIT, "chromium") {
+        let mut cmd = Command::new("chromium");
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--no-first-run",
+            "--disable-extensions",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=8000",
+            "--window-size=1400,2200",
+        ])
+        .arg(format!("--user-data-dir={}", dir.display()))
+        .args(extra)
+        .arg(url);
+        match try_output_within(&mut cmd, BROWSER_LIMIT, "chromium") {
             Ok(out) => break out,
             Err(stderr) if attempt == 0 => {
                 eprintln!(

@@ -328,12 +328,31 @@ pub fn output_within(
     limit: std::time::Duration,
     what: &str,
 ) -> std::process::Output {
+    try_output_within(cmd, limit, what).unwrap_or_else(|stderr| hung(what, limit, &stderr))
+}
+
+/// [`output_within`], but a child still running after `limit` is killed and its stderr
+/// returned as the error, for a caller that may try again.
+#[allow(dead_code)]
+pub fn try_output_within(
+    cmd: &mut std::process::Command,
+    limit: std::time::Duration,
+    what: &str,
+) -> Result<std::process::Output, Vec<u8>> {
     let child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("{what}: spawn: {e}"));
-    wait_within(child, limit, what)
+    try_wait_within(child, limit, what)
+}
+
+/// Fails the test for a child still running after `limit`, with its stderr.
+fn hung(what: &str, limit: std::time::Duration, stderr: &[u8]) -> ! {
+    panic!(
+        "{what}: still running after {limit:?}\n{}",
+        String::from_utf8_lossy(stderr)
+    )
 }
 
 /// Reads `pipe` to its end on a thread of its own, so the child never blocks on a full pipe.
@@ -354,18 +373,12 @@ pub fn wait_within(
     limit: std::time::Duration,
     what: &str,
 ) -> std::process::Output {
-    try_wait_within(child, limit, what).unwrap_or_else(|stderr| {
-        panic!(
-            "{what}: still running after {limit:?}\n{}",
-            String::from_utf8_lossy(&stderr)
-        )
-    })
+    try_wait_within(child, limit, what).unwrap_or_else(|stderr| hung(what, limit, &stderr))
 }
 
 /// [`wait_within`], but a child still running after `limit` is killed and its stderr
-/// returned as the error, for a caller that may try again.
-#[allow(dead_code)]
-pub fn try_wait_within(
+/// returned as the error.
+fn try_wait_within(
     mut child: std::process::Child,
     limit: std::time::Duration,
     what: &str,
